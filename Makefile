@@ -1,0 +1,67 @@
+# Every vmscale workflow is a target here. Tools come from hack/tools/go.mod
+# (go tool), Kubernetes binaries from hack/k8s-binaries.sh; both are cached in
+# $(VMSCALE_CACHE) so a second run is fast.
+
+SHELL := /usr/bin/env bash
+VMSCALE_CACHE ?= $(HOME)/.cache/vmscale
+export VMSCALE_CACHE
+
+TOOLS := go tool -modfile=hack/tools/go.mod
+KUSTOMIZE := $(TOOLS) kustomize
+KUTTL := $(TOOLS) kubectl-kuttl
+
+.PHONY: all
+all: build
+
+##@ Development
+
+.PHONY: generate
+generate: ## Regenerate deepcopy, CRDs, webhook config, RBAC and deploy/neonvm.yaml.
+	hack/generate.sh
+
+.PHONY: manifests
+manifests: generate ## Same as generate (kubebuilder's name for the manifest half).
+
+.PHONY: fmt
+fmt:
+	go fmt ./...
+
+.PHONY: vet
+vet:
+	go vet ./...
+
+.PHONY: build
+build: ## Build every binary into bin/.
+	go build -o bin/ ./cmd/...
+
+##@ Testing
+
+.PHONY: test
+test: ## The whole test suite: installs what it needs, then unit and integration tests.
+	hack/test.sh
+
+.PHONY: test-unit
+test-unit: ## Tests that need nothing installed.
+	go test ./api/... ./pkg/...
+
+.PHONY: k8s-binaries
+k8s-binaries: ## Install etcd and build kube-apiserver and kubectl into the cache.
+	hack/k8s-binaries.sh
+
+##@ Deployment
+
+.PHONY: install
+install: ## Install the CRDs into the cluster of the current kubeconfig.
+	$(KUSTOMIZE) build config/crd | kubectl apply --server-side -f -
+
+.PHONY: deploy
+deploy: ## Deploy the controller (with cert-manager for webhook certificates).
+	$(KUSTOMIZE) build config/default | kubectl apply --server-side -f -
+
+.PHONY: undeploy
+undeploy:
+	$(KUSTOMIZE) build config/default | kubectl delete --ignore-not-found -f -
+
+.PHONY: help
+help:
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*?##/ { printf "  %-18s %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)

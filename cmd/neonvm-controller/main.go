@@ -1,0 +1,149 @@
+// Command neonvm-controller runs the NeonVM controller manager: the
+// admission webhooks for VirtualMachine and VirtualMachineMigration (and, as
+// they land, the reconcilers).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	vmv1 "github.com/vmscale/vmscale/api/v1"
+	"github.com/vmscale/vmscale/pkg/webhookcert"
+)
+
+type runConfig struct {
+	metricsAddr, probeAddr         string
+	leaderElect                    bool
+	webhookPort                    int
+	webhookCertDir                 string
+	selfSigned                     bool
+	webhookService, webhookConfigs string
+	defaultCPUScaling              string
+	skipUpdateValidation           string
+}
+
+func main() {
+	var cfg runConfig
+	flag.StringVar(&cfg.metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint (0 disables it)")
+	flag.StringVar(&cfg.probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+	flag.BoolVar(&cfg.leaderElect, "leader-elect", false, "hold a leader-election lease so only one replica reconciles")
+	flag.IntVar(&cfg.webhookPort, "webhook-port", 9443, "port of the admission webhook server")
+	flag.StringVar(&cfg.webhookCertDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "folder holding tls.crt and tls.key for the webhook server")
+	flag.BoolVar(&cfg.selfSigned, "webhook-self-signed", false, "generate a CA and serving certificate at start (into --webhook-cert-dir) and write the CA into --webhook-configurations; for clusters without cert-manager")
+	flag.StringVar(&cfg.webhookService, "webhook-service", "neonvm-system/neonvm-webhook-service", "namespace/name of the webhook Service, for the self-signed certificate's names")
+	flag.StringVar(&cfg.webhookConfigs, "webhook-configurations", "neonvm-mutating-webhook-configuration,neonvm-validating-webhook-configuration", "webhook configurations whose caBundle the self-signed mode keeps current")
+	flag.StringVar(&cfg.defaultCPUScaling, "default-cpu-scaling-mode", string(vmv1.CPUScalingModeQMP), "cpuScalingMode written into VMs that have none: QmpScaling or SysfsScaling")
+	flag.StringVar(&cfg.skipUpdateValidation, "skip-update-validation-for", "", "comma-separated namespace/name of objects whose update-validation failures are let through (with a SkippedValidation event)")
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+
+	if err := run(ctrl.SetupSignalHandler(), cfg); err != nil {
+		ctrl.Log.Error(err, "neonvm-controller failed")
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cfg runConfig) error {
+	mode := vmv1.CPUScalingMode(cfg.defaultCPUScaling)
+	if mode != vmv1.CPUScalingModeQMP && mode != vmv1.CPUScalingModeSysfs {
+		return fmt.Errorf("--default-cpu-scaling-mode: %q is neither %s nor %s", mode, vmv1.CPUScalingModeQMP, vmv1.CPUScalingModeSysfs)
+	}
+	skip, err := vmv1.ParseSkipList(cfg.skipUpdateValidation)
+	if err != nil {
+		return err
+	}
+
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return fmt.Errorf("register core types: %w", err)
+	}
+	if err := vmv1.AddToScheme(scheme); err != nil {
+		return fmt.Errorf("register vm.neon.tech types: %w", err)
+	}
+
+	var bundle *webhookcert.Bundle
+	if cfg.selfSigned {
+		ns, name, ok := strings.Cut(cfg.webhookService, "/")
+		if !ok {
+			return fmt.Errorf("--webhook-service: %q is not namespace/name", cfg.webhookService)
+		}
+		bundle, err = webhookcert.Generate(webhookcert.ServiceHosts(ns, name), time.Now(), 10*365*24*time.Hour)
+		if err != nil {
+			return err
+		}
+		if err := bundle.Write(cfg.webhookCertDir); err != nil {
+			return err
+		}
+		ctrl.Log.Info("generated a self-signed webhook certificate", "dir", cfg.webhookCertDir, "service", cfg.webhookService)
+	}
+
+	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: cfg.metricsAddr},
+		HealthProbeBindAddress: cfg.probeAddr,
+		LeaderElection:         cfg.leaderElect,
+		LeaderElectionID:       "neonvm-controller.vm.neon.tech",
+		WebhookServer: webhook.NewServer(webhook.Options{
+			Port:    cfg.webhookPort,
+			CertDir: cfg.webhookCertDir,
+		}),
+	})
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+
+	if err := vmv1.SetupWebhooksWithManager(mgr, vmv1.WebhookConfig{
+		DefaultCPUScalingMode:   mode,
+		SkipUpdateValidationFor: skip,
+		Recorder:                mgr.GetEventRecorder("neonvm-controller"),
+	}); err != nil {
+		return err
+	}
+	if bundle != nil {
+		if err := mgr.Add(&webhookcert.Injector{
+			Client:         mgr.GetClient(),
+			CAPEM:          bundle.CAPEM,
+			Configurations: splitList(cfg.webhookConfigs),
+			Interval:       time.Minute,
+		}); err != nil {
+			return fmt.Errorf("add webhook CA injector: %w", err)
+		}
+	}
+
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return fmt.Errorf("add health check: %w", err)
+	}
+	if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
+		return fmt.Errorf("add ready check: %w", err)
+	}
+
+	ctrl.Log.Info("starting neonvm-controller", "webhookPort", cfg.webhookPort, "defaultCPUScalingMode", mode)
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("run manager: %w", err)
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}

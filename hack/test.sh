@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, as `make test` and CI (.ci/run) run it. On a fresh
+# machine it first installs what the tests need (Debian packages, Kubernetes
+# binaries built from the module proxy, development tools), all cached in
+# $VMSCALE_CACHE, so a second run only compiles what changed.
+source "$(dirname "$0")/lib/common.sh"
+cd "$VMSCALE_ROOT"
+
+start=$SECONDS
+step() { log "== $* ($((SECONDS - start))s)"; }
+
+step "Kubernetes binaries (etcd, kube-apiserver, kubectl)"
+assets="$(hack/k8s-binaries.sh)"
+export KUBEBUILDER_ASSETS="$assets"
+
+step "development tools (controller-gen, kustomize)"
+with_progress "build tools" bash -c 'go tool -modfile=hack/tools/go.mod controller-gen --version >/dev/null &&
+	go tool -modfile=hack/tools/go.mod kustomize version >/dev/null'
+
+step "go build and go vet"
+go build ./...
+go vet ./...
+
+step "go test (unit, generated-file freshness, integration on real kube-apiserver)"
+go test -count=1 -timeout 45m ./... 2>&1 | tee "${VMSCALE_TEST_LOG:-/dev/null}"
+
+step "all tests passed"
