@@ -2,6 +2,7 @@ package v1
 
 import (
 	"fmt"
+	"slices"
 
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -97,49 +98,48 @@ func validateMemorySlotSize(q resource.Quantity, p *field.Path) field.ErrorList 
 }
 
 func validatePorts(ports []Port, p *field.Path) field.ErrorList {
-	var errs field.ErrorList
-	names := map[string]int{}
+	names := make([]string, len(ports))
 	for i, port := range ports {
-		pp := p.Index(i)
-		if port.Name == "" {
-			continue
+		names[i] = port.Name
+	}
+	return validateNames(names, p, ReservedPortNames, "is reserved for the runner's own ports")
+}
+
+func validateDisks(disks []Disk, p *field.Path) field.ErrorList {
+	names := make([]string, len(disks))
+	for i, d := range disks {
+		names[i] = d.Name
+	}
+	errs := validateNames(names, p, ReservedDiskNames, "is reserved for the runner's own disks")
+	for i, d := range disks {
+		if len(d.Name) > MaxDiskNameLength {
+			errs = append(errs, field.TooLong(p.Index(i).Child("name"), d.Name, MaxDiskNameLength))
 		}
-		for _, reserved := range ReservedPortNames {
-			if port.Name == reserved {
-				errs = append(errs, field.Invalid(pp.Child("name"), port.Name,
-					"is reserved for the runner's own port"))
-			}
+		if n := d.DiskSource.count(); n != 1 {
+			errs = append(errs, field.Invalid(p.Index(i), d.Name,
+				fmt.Sprintf("needs exactly one of emptyDisk, configMap, secret, tmpfs (has %d)", n)))
 		}
-		if j, dup := names[port.Name]; dup {
-			errs = append(errs, field.Duplicate(pp.Child("name"), fmt.Sprintf("%s (also ports[%d])", port.Name, j)))
-		}
-		names[port.Name] = i
 	}
 	return errs
 }
 
-func validateDisks(disks []Disk, p *field.Path) field.ErrorList {
+// validateNames checks the .name of each item of a list: not reserved, and
+// unique. Empty names are allowed (ports may be unnamed).
+func validateNames(names []string, p *field.Path, reserved []string, reservedMsg string) field.ErrorList {
 	var errs field.ErrorList
-	names := map[string]int{}
-	for i, d := range disks {
-		dp := p.Index(i)
-		if len(d.Name) > MaxDiskNameLength {
-			errs = append(errs, field.TooLong(dp.Child("name"), d.Name, MaxDiskNameLength))
+	seen := map[string]int{}
+	for i, name := range names {
+		if name == "" {
+			continue
 		}
-		for _, reserved := range ReservedDiskNames {
-			if d.Name == reserved {
-				errs = append(errs, field.Invalid(dp.Child("name"), d.Name,
-					"is reserved for the runner's own disks"))
-			}
+		np := p.Index(i).Child("name")
+		if slices.Contains(reserved, name) {
+			errs = append(errs, field.Invalid(np, name, reservedMsg))
 		}
-		if j, dup := names[d.Name]; dup {
-			errs = append(errs, field.Duplicate(dp.Child("name"), fmt.Sprintf("%s (also disks[%d])", d.Name, j)))
+		if j, dup := seen[name]; dup {
+			errs = append(errs, field.Duplicate(np, fmt.Sprintf("%s (also %s)", name, p.Index(j))))
 		}
-		names[d.Name] = i
-		if n := d.DiskSource.count(); n != 1 {
-			errs = append(errs, field.Invalid(dp, d.Name,
-				fmt.Sprintf("needs exactly one of emptyDisk, configMap, secret, tmpfs (has %d)", n)))
-		}
+		seen[name] = i
 	}
 	return errs
 }

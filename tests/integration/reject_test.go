@@ -98,15 +98,7 @@ func TestBadManifestsRejected(t *testing.T) {
 			if err := c.mutate(obj); err != nil {
 				t.Fatal(err)
 			}
-			err := k8sClient.Create(ctx, obj, client.DryRunAll)
-			if err == nil {
-				t.Fatalf("accepted; want a rejection naming %q", c.want)
-			}
-			for _, w := range c.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("rejection %q does not contain %q", err.Error(), w)
-				}
-			}
+			assertRejected(t, k8sClient.Create(ctx, obj, client.DryRunAll), c.want)
 		})
 	}
 
@@ -122,15 +114,7 @@ func TestBadManifestsRejected(t *testing.T) {
 		t.Run("migration "+c.name, func(t *testing.T) {
 			obj := mustYAML(t, c.doc)
 			obj.SetNamespace(ns)
-			err := k8sClient.Create(ctx, obj, client.DryRunAll)
-			if err == nil {
-				t.Fatalf("accepted; want a rejection naming %q", c.want)
-			}
-			for _, w := range c.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("rejection %q does not contain %q", err.Error(), w)
-				}
-			}
+			assertRejected(t, k8sClient.Create(ctx, obj, client.DryRunAll), c.want)
 		})
 	}
 }
@@ -213,6 +197,18 @@ func TestImmutableFieldsRejectedOnUpdate(t *testing.T) {
 			t.Fatalf("migration spec change: got %v; want both fields named immutable", err)
 		}
 	})
+}
+
+func assertRejected(t *testing.T, err error, want []string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("accepted; want a rejection naming %q", want)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("rejection %q does not contain %q", err.Error(), w)
+		}
+	}
 }
 
 // An object on --skip-update-validation-for may break update rules; the
