@@ -34,6 +34,12 @@ vet:
 build: ## Build every binary into bin/.
 	go build -o bin/ ./cmd/...
 
+IMAGES_DIR ?= $(VMSCALE_CACHE)/images
+
+.PHONY: images
+images: ## Build an image tarball for every pod binary under cmd/ (and pause) into $(IMAGES_DIR).
+	cd hack/images && go run . -root ../.. -out $(IMAGES_DIR)
+
 ##@ Testing
 
 .PHONY: test

@@ -21,6 +21,9 @@ step "go build and go vet"
 go build ./...
 go vet ./...
 
+step "image builder tests"
+(cd hack/images && go vet ./... && go test -count=1 ./...)
+
 step "go test (unit, generated-file freshness, integration on real kube-apiserver)"
 go test -count=1 -timeout 45m ./... 2>&1 | tee "${VMSCALE_TEST_LOG:-/dev/null}"
 

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// NoImageMarker in a cmd's main.go keeps it out of the images: binaries that
+// run in the guest or on a developer's machine, not in a pod.
+const NoImageMarker = "vmscale:no-image"
+
+// epoch is every timestamp in an image, so the same inputs give the same
+// digest.
+var epoch = time.Unix(0, 0).UTC()
+
+// File is one file in an image layer.
+type File struct {
+	Path string // absolute path in the image
+	Mode int64
+	Data []byte
+	Dir  bool
+}
+
+// Image describes one image to build.
+type Image struct {
+	Name       string   // short name: the repository is vmscale/<Name>
+	Files      []File   // the single layer's contents
+	Entrypoint []string // the config's entrypoint
+}
+
+// Discover lists the cmd/ binaries that run in a pod: every folder of
+// root/cmd with a main.go that does not carry NoImageMarker.
+func Discover(root string) ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(root, "cmd"))
+	if err != nil {
+		return nil, fmt.Errorf("list cmd/: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		src, err := os.ReadFile(filepath.Join(root, "cmd", e.Name(), "main.go"))
+		if err != nil {
+			continue // not a binary
+		}
+		if bytes.Contains(src, []byte(NoImageMarker)) {
+			continue
+		}
+		names = append(names, e.Name())
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// GoBuild builds a static, reproducible binary of pkg (run in dir) into out.
+func GoBuild(dir, pkg, out string) error {
+	cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false",
+		"-ldflags=-s -w -buildid=", "-o", out, pkg)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
+	}
+	return nil
+}
+
+// LayerTar writes files as a tar stream with fixed owners and timestamps,
+// sorted by path, creating parent folders.
+func LayerTar(files []File) ([]byte, error) {
+	all := map[string]File{}
+	for _, f := range files {
+		p := strings.TrimPrefix(filepath.Clean(f.Path), "/")
+		for d := filepath.Dir(p); d != "." && d != "/"; d = filepath.Dir(d) {
+			if _, ok := all[d]; !ok {
+				all[d] = File{Path: d, Mode: 0o755, Dir: true}
+			}
+		}
+		f.Path = p
+		all[p] = f
+	}
+	paths := make([]string, 0, len(all))
+	for p := range all {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, p := range paths {
+		f := all[p]
+		hdr := &tar.Header{Name: p, Mode: f.Mode, ModTime: epoch, Uname: "root", Gname: "root", Format: tar.FormatPAX}
+		if f.Dir {
+			hdr.Typeflag = tar.TypeDir
+			hdr.Name += "/"
+		} else {
+			hdr.Typeflag = tar.TypeReg
+			hdr.Size = int64(len(f.Data))
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return nil, fmt.Errorf("tar header %s: %w", p, err)
+		}
+		if !f.Dir {
+			if _, err := tw.Write(f.Data); err != nil {
+				return nil, fmt.Errorf("tar %s: %w", p, err)
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// Build assembles an OCI image from spec: one layer, a config with fixed
+// timestamps, linux on this machine's architecture.
+func Build(spec Image) (v1.Image, error) {
+	data, err := LayerTar(spec.Files)
+	if err != nil {
+		return nil, err
+	}
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(data)), nil
+	}, tarball.WithMediaType(types.OCILayer))
+	if err != nil {
+		return nil, fmt.Errorf("layer of %s: %w", spec.Name, err)
+	}
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	img, err = mutate.Append(img, mutate.Addendum{
+		Layer:   layer,
+		History: v1.History{Created: v1.Time{Time: epoch}, CreatedBy: "vmscale hack/images", Comment: spec.Name},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("append layer of %s: %w", spec.Name, err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cfg = cfg.DeepCopy()
+	cfg.Created = v1.Time{Time: epoch}
+	cfg.OS = "linux"
+	cfg.Architecture = runtime.GOARCH
+	cfg.Config.Entrypoint = spec.Entrypoint
+	cfg.Config.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
+	cfg.Config.Labels = map[string]string{"org.opencontainers.image.title": spec.Name}
+	return mutate.ConfigFile(img, cfg)
+}
+
+// Write stores img as an image tarball that `ctr images import` reads,
+// named ref.
+func Write(path string, ref name.Tag, img v1.Image) (v1.Hash, error) {
+	tmp := path + ".tmp"
+	if err := tarball.WriteToFile(tmp, ref, img); err != nil {
+		return v1.Hash{}, fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return v1.Hash{}, err
+	}
+	return img.Digest()
+}
+
+// SourceTag names the source revision: the short commit, plus a hash of the
+// uncommitted changes when the tree is dirty, so two different trees never
+// share a tag.
+func SourceTag(root string) (string, error) {
+	git := func(args ...string) (string, error) {
+		cmd := exec.Command("git", args...)
+		cmd.Dir = root
+		out, err := cmd.Output()
+		return strings.TrimSpace(string(out)), err
+	}
+	rev, err := git("rev-parse", "--short=12", "HEAD")
+	if err != nil {
+		return "", fmt.Errorf("read the source revision (git rev-parse): %w", err)
+	}
+	diff, err := git("diff", "HEAD")
+	if err != nil {
+		return "", fmt.Errorf("git diff: %w", err)
+	}
+	untracked, err := git("ls-files", "--others", "--exclude-standard")
+	if err != nil {
+		return "", fmt.Errorf("git ls-files: %w", err)
+	}
+	if diff == "" && untracked == "" {
+		return rev, nil
+	}
+	h := sha256.New()
+	h.Write([]byte(diff))
+	for _, f := range strings.Fields(untracked) {
+		data, _ := os.ReadFile(filepath.Join(root, f))
+		h.Write([]byte(f))
+		h.Write(data)
+	}
+	return rev + "-dirty-" + hex.EncodeToString(h.Sum(nil))[:8], nil
+}
