@@ -40,6 +40,24 @@ IMAGES_DIR ?= $(VMSCALE_CACHE)/images
 images: ## Build an image tarball for every pod binary under cmd/ (and pause) into $(IMAGES_DIR).
 	cd hack/images && go run . -root ../.. -out $(IMAGES_DIR)
 
+##@ Local cluster (two nodes, no Docker; see hack/local-cluster/cluster.sh)
+
+.PHONY: local-cluster
+local-cluster: ## Bring the local cluster up (idempotent); prints its kubeconfig.
+	hack/local-cluster/cluster.sh up
+
+.PHONY: local-cluster-down
+local-cluster-down: ## Stop the local cluster and remove what it set up on the host.
+	hack/local-cluster/cluster.sh down
+
+.PHONY: local-cluster-status
+local-cluster-status: ## What runs, and the nodes.
+	hack/local-cluster/cluster.sh status
+
+.PHONY: local-cluster-images
+local-cluster-images: ## Rebuild the images and import them into both nodes.
+	hack/local-cluster/cluster.sh images
+
 ##@ Testing
 
 .PHONY: test

@@ -24,7 +24,10 @@ go vet ./...
 step "image builder tests"
 (cd hack/images && go vet ./... && go test -count=1 ./...)
 
-step "go test (unit, generated-file freshness, integration on real kube-apiserver)"
+step "local two-node cluster (hack/local-cluster/cluster.sh up)"
+hack/local-cluster/cluster.sh up >/dev/null
+
+step "go test (unit, generated-file freshness, integration on real kube-apiserver, local cluster)"
 go test -count=1 -timeout 45m ./... 2>&1 | tee "${VMSCALE_TEST_LOG:-/dev/null}"
 
 step "all tests passed"

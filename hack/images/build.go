@@ -46,29 +46,44 @@ type Image struct {
 	Entrypoint []string // the config's entrypoint
 }
 
-// Discover lists the cmd/ binaries that run in a pod: every folder of
-// root/cmd with a main.go that does not carry NoImageMarker.
-func Discover(root string) ([]string, error) {
-	entries, err := os.ReadDir(filepath.Join(root, "cmd"))
-	if err != nil {
-		return nil, fmt.Errorf("list cmd/: %w", err)
-	}
-	var names []string
-	for _, e := range entries {
-		if !e.IsDir() {
+// Binary is a Go main package that gets an image.
+type Binary struct {
+	Name string // image short name: the folder's name
+	Pkg  string // package path relative to the repository root, "./cmd/x"
+}
+
+// ImageDirs are the folders whose sub-folders are binaries with images:
+// the product's (cmd/) and the test workloads the cluster tests run.
+var ImageDirs = []string{"cmd", "tests/images"}
+
+// Discover lists the binaries that run in a pod: every folder of root's
+// ImageDirs with a main.go that does not carry NoImageMarker.
+func Discover(root string) ([]Binary, error) {
+	var out []Binary
+	for _, dir := range ImageDirs {
+		entries, err := os.ReadDir(filepath.Join(root, dir))
+		if os.IsNotExist(err) {
 			continue
 		}
-		src, err := os.ReadFile(filepath.Join(root, "cmd", e.Name(), "main.go"))
 		if err != nil {
-			continue // not a binary
+			return nil, fmt.Errorf("list %s/: %w", dir, err)
 		}
-		if bytes.Contains(src, []byte(NoImageMarker)) {
-			continue
+		for _, e := range entries {
+			if !e.IsDir() {
+				continue
+			}
+			src, err := os.ReadFile(filepath.Join(root, dir, e.Name(), "main.go"))
+			if err != nil {
+				continue // not a binary
+			}
+			if bytes.Contains(src, []byte(NoImageMarker)) {
+				continue
+			}
+			out = append(out, Binary{Name: e.Name(), Pkg: "./" + dir + "/" + e.Name()})
 		}
-		names = append(names, e.Name())
 	}
-	sort.Strings(names)
-	return names, nil
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
 }
 
 // GoBuild builds a static, reproducible binary of pkg (run in dir) into out.

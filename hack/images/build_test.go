@@ -87,7 +87,7 @@ func TestDiscoverSkipsMarkedBinaries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || got[0] != "a-pod" || got[1] != "b-pod" {
-		t.Fatalf("Discover = %v; want [a-pod b-pod]", got)
+	if len(got) != 2 || got[0] != (Binary{"a-pod", "./cmd/a-pod"}) || got[1] != (Binary{"b-pod", "./cmd/b-pod"}) {
+		t.Fatalf("Discover = %v; want a-pod and b-pod", got)
 	}
 }

@@ -1,5 +1,6 @@
 // Command images builds vmscale's container images without a Docker engine:
-// one image per binary under cmd/ that runs in a pod (found, not listed),
+// one image per binary under cmd/ (and tests/images/) that runs in a pod
+// (found, not listed),
 // plus the pod sandbox (pause) image, each written as an image tarball that
 // `ctr images import` loads. Same inputs, same digests: binaries are built
 // reproducibly and every timestamp is fixed.
@@ -13,6 +14,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -62,12 +64,16 @@ func run(root, out, tag, only string, extra extras) error {
 			return err
 		}
 	}
-	names, err := Discover(root)
+	bins, err := Discover(root)
 	if err != nil {
 		return err
 	}
 	if only != "" {
-		names = strings.Split(only, ",")
+		keep := map[string]bool{}
+		for _, n := range strings.Split(only, ",") {
+			keep[n] = true
+		}
+		bins = slices.DeleteFunc(bins, func(b Binary) bool { return !keep[b.Name] })
 	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
@@ -109,13 +115,13 @@ func run(root, out, tag, only string, extra extras) error {
 		return nil
 	}
 
-	for _, n := range names {
-		bin := filepath.Join(work, n)
-		log.Printf("building %s", n)
-		if err := GoBuild(root, "./cmd/"+n, bin); err != nil {
+	for _, b := range bins {
+		bin := filepath.Join(work, b.Name)
+		log.Printf("building %s", b.Pkg)
+		if err := GoBuild(root, b.Pkg, bin); err != nil {
 			return err
 		}
-		if err := add(n, "vmscale/"+n+":"+tag, bin); err != nil {
+		if err := add(b.Name, "vmscale/"+b.Name+":"+tag, bin); err != nil {
 			return err
 		}
 	}
