@@ -60,7 +60,13 @@ start() {
 	echo $! >"$PIDS/$name.pid"
 }
 
-running() { [ -f "$PIDS/$1.pid" ] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
+# running NAME: its process exists and is not a zombie (a killed daemon whose
+# parent is gone may linger unreaped).
+running() {
+	[ -f "$PIDS/$1.pid" ] || return 1
+	local pid; pid="$(cat "$PIDS/$1.pid")"
+	[ -r "/proc/$pid/stat" ] && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
+}
 
 stop() {
 	local name="$1"
