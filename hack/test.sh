@@ -9,7 +9,7 @@ cd "$VMSCALE_ROOT"
 start=$SECONDS
 step() { log "== $* ($((SECONDS - start))s)"; }
 
-step "Kubernetes binaries (etcd, kube-apiserver, kubectl)"
+step "Kubernetes binaries (etcd, kube-apiserver, kubectl, kubelet, ...)"
 assets="$(hack/k8s-binaries.sh)"
 export KUBEBUILDER_ASSETS="$assets"
 

@@ -103,7 +103,7 @@ wait_for() {
 
 install_deps() {
 	apt_install containerd runc containernetworking-plugins iptables conntrack iproute2 openssl
-	BIN="$("$VMSCALE_ROOT/hack/k8s-binaries.sh" kube-controller-manager kube-scheduler kubelet kube-proxy)"
+	BIN="$("$VMSCALE_ROOT/hack/k8s-binaries.sh")"
 	COREDNS="$("$VMSCALE_ROOT/hack/coredns.sh")"
 	echo "$BIN" >"$DIR/bin"
 }
