@@ -13,6 +13,9 @@ step "Kubernetes binaries (etcd, kube-apiserver, kubectl, kubelet, ...)"
 assets="$(hack/k8s-binaries.sh)"
 export KUBEBUILDER_ASSETS="$assets"
 
+step "QEMU (Debian)"
+hack/qemu.sh >/dev/null
+
 step "development tools (controller-gen, kustomize)"
 with_progress "build tools" bash -c 'go tool -modfile=hack/tools/go.mod controller-gen --version >/dev/null &&
 	go tool -modfile=hack/tools/go.mod kustomize version >/dev/null'
