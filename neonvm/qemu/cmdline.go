@@ -23,6 +23,10 @@ const (
 	AccelTCG Accel = "tcg"
 )
 
+// ExecPortName is the guest exec channel's virtio-serial port name (the
+// same as guestexec.PortName; this package stays free of guest code).
+const ExecPortName = "tech.vmscale.exec"
+
 // DefaultTCGTranslationCacheMiB keeps QEMU's TCG code cache (1 GiB by
 // default) from dominating its memory.
 const DefaultTCGTranslationCacheMiB = 256
@@ -75,6 +79,9 @@ type Config struct {
 	QMPSigtermSocket string
 	// LogSocket is the virtio-serial log channel's unix socket; empty: none.
 	LogSocket string
+	// ExecSocket is the unix socket of the guest exec channel
+	// (neonvm/guestexec); empty: none.
+	ExecSocket string
 
 	KernelPath string
 	InitrdPath string
@@ -169,10 +176,16 @@ func Build(vm *vmv1.VirtualMachine, cfg Config) (*Command, error) {
 	if cfg.QMPSigtermSocket != "" {
 		a.add("-qmp", fmt.Sprintf("unix:%s,server,wait=off", cfg.QMPSigtermSocket))
 	}
+	if cfg.LogSocket != "" || cfg.ExecSocket != "" {
+		a.add("-device", "virtio-serial")
+	}
 	if cfg.LogSocket != "" {
-		a.add("-device", "virtio-serial",
-			"-chardev", fmt.Sprintf("socket,path=%s,server=on,wait=off,id=log", cfg.LogSocket),
+		a.add("-chardev", fmt.Sprintf("socket,path=%s,server=on,wait=off,id=log", cfg.LogSocket),
 			"-device", "virtserialport,chardev=log,name=tech.neon.log.0")
+	}
+	if cfg.ExecSocket != "" {
+		a.add("-chardev", fmt.Sprintf("socket,path=%s,server=on,wait=off,id=exec", cfg.ExecSocket),
+			"-device", "virtserialport,chardev=exec,name="+ExecPortName)
 	}
 
 	// Disks: root first, so it is /dev/vda.

@@ -109,6 +109,7 @@ func TestBuild(t *testing.T) {
 				c.ExtraKernelArgs = []string{"ip=dhcp"}
 				c.QMPSigtermSocket = "/vm/qmp-sigterm.sock"
 				c.LogSocket = "/vm/log.sock"
+				c.ExecSocket = "/vm/exec.sock"
 				c.DiskCache = "cache.writeback=on,cache.direct=on,cache.no-flush=on"
 				c.Disks = []Disk{
 					{ID: "runtime", Path: "/vm/images/runtime.iso", CDROM: true},
@@ -123,6 +124,8 @@ func TestBuild(t *testing.T) {
 					{"-qmp", "tcp:127.0.0.1:30184,server,wait=off"},
 					{"-qmp", "unix:/vm/qmp-sigterm.sock,server,wait=off"},
 					{"-chardev", "socket,path=/vm/log.sock,server=on,wait=off,id=log"},
+					{"-chardev", "socket,path=/vm/exec.sock,server=on,wait=off,id=exec"},
+					{"-device", "virtserialport,chardev=exec,name=tech.vmscale.exec"},
 					{"-drive", "id=runtime,file=/vm/images/runtime.iso,if=virtio,media=cdrom,readonly=on,cache=none"},
 					{"-drive", "id=swapdisk,file=/vm/images/swapdisk.qcow2,if=virtio,media=disk,cache.writeback=on,cache.direct=on,cache.no-flush=on,discard=unmap"},
 					{"-drive", "id=pgdata,file=/vm/images/pgdata.qcow2,if=virtio,media=disk,cache.writeback=on,cache.direct=on,cache.no-flush=on"},
