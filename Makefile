@@ -58,6 +58,10 @@ local-cluster-status: ## What runs, and the nodes.
 local-cluster-images: ## Rebuild the images and import them into both nodes.
 	hack/local-cluster/cluster.sh images
 
+.PHONY: guest-image
+guest-image: ## Build the test guest (kernel, initramfs, Postgres root disk) into the cache.
+	hack/guest/build.sh
+
 ##@ Testing
 
 .PHONY: test

@@ -27,6 +27,9 @@ go vet ./...
 step "image builder tests"
 (cd hack/images && go vet ./... && go test -count=1 ./...)
 
+step "guest image (hack/guest/build.sh)"
+hack/guest/build.sh >/dev/null
+
 step "local two-node cluster (hack/local-cluster/cluster.sh up)"
 hack/local-cluster/cluster.sh up >/dev/null
 
