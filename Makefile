@@ -72,6 +72,11 @@ test: ## The whole test suite: installs what it needs, then unit and integration
 test-unit: ## Tests that need nothing installed.
 	go test ./api/... ./pkg/...
 
+.PHONY: bench
+bench: ## Benchmarks that boot real guests; figures go to $(VMSCALE_CACHE)/bench/.
+	go test -run '^$$' -bench . -benchtime 3x -timeout 30m ./tests/guest/ | tee /dev/stderr | grep -E '^Benchmark' > /dev/null
+	@echo "figures: $(VMSCALE_CACHE)/bench/guest.txt"; tail -n 2 $(VMSCALE_CACHE)/bench/guest.txt
+
 .PHONY: k8s-binaries
 k8s-binaries: ## Install etcd and build kube-apiserver and kubectl into the cache.
 	hack/k8s-binaries.sh

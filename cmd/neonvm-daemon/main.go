@@ -1,15 +1,13 @@
 // Command neonvm-daemon is vmscale's agent inside the guest (started and
-// respawned by the guest's init): it onlines hot-plugged vCPUs and memory on
-// their uevents, powers the guest off on the ACPI power button, and serves
+// respawned by the guest's init): it onlines hot-plugged vCPUs on their
+// uevents, powers the guest off on the ACPI power button, and serves
 // the exec channel.
 // vmscale:no-image
 package main
 
 import (
 	"context"
-	"fmt"
 	"log"
-	"os"
 	"os/exec"
 	"os/signal"
 	"syscall"
@@ -20,15 +18,9 @@ import (
 func main() {
 	log.SetFlags(0)
 	log.SetPrefix("neonvm-daemon: ")
-	logf := func(format string, args ...any) {
-		msg := fmt.Sprintf(format, args...)
-		log.Print(msg)
-		// The console is where an operator watching the VM looks.
-		if f, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
-			fmt.Fprintf(f, "neonvm-daemon: %s\n", msg)
-			f.Close()
-		}
-	}
+	// init gives the daemon the console as stderr: where an operator
+	// watching the VM looks.
+	logf := log.Printf
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 

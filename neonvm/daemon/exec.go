@@ -22,32 +22,35 @@ func findPort(name string) string {
 	return ""
 }
 
-// ServeExecPort serves the exec channel on its virtio-serial port, reopening
-// it whenever the host side disconnects, until ctx ends. Without the port
-// (QEMU started without it) it waits.
+// ServeExecPort serves the exec channel on its virtio-serial port until ctx
+// ends. Without the port (QEMU started without it) it waits. The port stays
+// open for the daemon's life: reads end (EOF) whenever the host side
+// disconnects, and closing the port then would make the guest driver drop a
+// request the host sent on reconnecting.
 func ServeExecPort(ctx context.Context, logf Logf) {
-	announced := false
+	var f *os.File
 	for ctx.Err() == nil {
 		dev := findPort(guestexec.PortName)
 		if dev == "" {
 			sleep(ctx, 2*time.Second)
 			continue
 		}
-		if !announced {
-			logf("serving the exec channel on %s", dev)
-			announced = true
-		}
-		f, err := os.OpenFile(dev, os.O_RDWR, 0)
-		if err != nil {
+		var err error
+		if f, err = os.OpenFile(dev, os.O_RDWR, 0); err != nil {
 			logf("open %s: %v", dev, err)
 			sleep(ctx, time.Second)
 			continue
 		}
+		logf("serving the exec channel on %s", dev)
+		break
+	}
+	if f == nil {
+		return
+	}
+	defer f.Close()
+	for ctx.Err() == nil {
 		_ = guestexec.Serve(ctx, f, guestexec.RunShell)
-		f.Close()
-		// Reads end when the host is not connected: wait a little before
-		// reopening rather than spin.
-		sleep(ctx, 50*time.Millisecond)
+		sleep(ctx, 20*time.Millisecond)
 	}
 }
 

@@ -1,5 +1,5 @@
 // Package daemon is neonvm-daemon, the agent inside the guest: it onlines
-// hot-plugged vCPUs and memory as their kernel uevents arrive (no polling),
+// hot-plugged vCPUs as their kernel uevents arrive (no polling),
 // powers the guest off when QEMU presses the ACPI power button, and serves
 // the exec channel (neonvm/guestexec).
 package daemon
@@ -55,17 +55,12 @@ func truncate(b []byte) []byte {
 }
 
 // OnlineAction is what to write to a hot-plugged device's online control,
-// if anything: "1" for a vCPU, "online_movable" for a memory block (so it
-// can be unplugged again).
+// if anything: "1" for a vCPU. Memory blocks are left to the kernel, which
+// onlines them itself (memhp_default_state=online with the auto-movable
+// policy decides their zone; writing the state as well only races it).
 func OnlineAction(ev Uevent) (file, value string, ok bool) {
-	if ev.Action != "add" {
-		return "", "", false
-	}
-	switch ev.Subsystem {
-	case "cpu":
+	if ev.Action == "add" && ev.Subsystem == "cpu" {
 		return filepath.Join("/sys", ev.DevPath, "online"), "1", true
-	case "memory":
-		return filepath.Join("/sys", ev.DevPath, "state"), "online_movable", true
 	}
 	return "", "", false
 }
@@ -73,8 +68,8 @@ func OnlineAction(ev Uevent) (file, value string, ok bool) {
 // Logf is how the daemon reports what it does.
 type Logf func(format string, args ...any)
 
-// WatchHotplug listens for kernel uevents and onlines every vCPU and memory
-// block added, until ctx ends.
+// WatchHotplug listens for kernel uevents and onlines every vCPU added,
+// until ctx ends.
 func WatchHotplug(ctx context.Context, logf Logf) error {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_KOBJECT_UEVENT)
 	if err != nil {
@@ -113,8 +108,7 @@ func WatchHotplug(ctx context.Context, logf Logf) error {
 	}
 }
 
-// online writes value unless the device is already online (memory the
-// kernel onlined itself, per memhp_default_state).
+// online writes value unless the device is already online.
 func online(file, value string) error {
 	cur, err := os.ReadFile(file)
 	if err != nil {

@@ -11,7 +11,7 @@ func TestParseUeventAndOnlineAction(t *testing.T) {
 		{"add@/devices/system/cpu/cpu3\x00ACTION=add\x00DEVPATH=/devices/system/cpu/cpu3\x00SUBSYSTEM=cpu\x00SEQNUM=1\x00",
 			"/sys/devices/system/cpu/cpu3/online", "1", true},
 		{"add@/devices/system/memory/memory40\x00ACTION=add\x00DEVPATH=/devices/system/memory/memory40\x00SUBSYSTEM=memory\x00",
-			"/sys/devices/system/memory/memory40/state", "online_movable", true},
+			"", "", false}, // the kernel onlines memory itself
 		{"remove@/devices/system/cpu/cpu3\x00ACTION=remove\x00DEVPATH=/devices/system/cpu/cpu3\x00SUBSYSTEM=cpu\x00", "", "", false},
 		{"add@/devices/pci0000:00/x\x00ACTION=add\x00DEVPATH=/devices/pci0000:00/x\x00SUBSYSTEM=pci\x00", "", "", false},
 	}

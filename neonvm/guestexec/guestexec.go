@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os/exec"
 	"time"
@@ -23,6 +24,9 @@ const PortName = "tech.vmscale.exec"
 
 // Request asks the guest to run a shell command.
 type Request struct {
+	// ID is echoed in the reply, so a client never takes a late reply to
+	// an abandoned request for its own.
+	ID             uint64 `json:"id,omitempty"`
 	Command        string `json:"command"`
 	TimeoutSeconds int    `json:"timeoutSeconds,omitempty"`
 }
@@ -30,6 +34,7 @@ type Request struct {
 // Reply is the command's combined output and exit code; Error says why it
 // could not run (or was killed on its timeout).
 type Reply struct {
+	ID       uint64 `json:"id,omitempty"`
 	Output   string `json:"output"`
 	ExitCode int    `json:"exitCode"`
 	Error    string `json:"error,omitempty"`
@@ -57,6 +62,7 @@ func Serve(ctx context.Context, rw io.ReadWriter, run func(context.Context, Requ
 			reply = Reply{ExitCode: -1, Error: fmt.Sprintf("malformed request: %v", err)}
 		} else {
 			reply = run(ctx, req)
+			reply.ID = req.ID
 		}
 		if err := enc.Encode(reply); err != nil {
 			return fmt.Errorf("send reply: %w", err)
@@ -102,7 +108,7 @@ func Exec(ctx context.Context, socket, command string) (Reply, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
-	req := Request{Command: command}
+	req := Request{ID: rand.Uint64() | 1, Command: command}
 	if dl, ok := ctx.Deadline(); ok {
 		req.TimeoutSeconds = max(1, int(time.Until(dl).Seconds()))
 	}
@@ -111,16 +117,21 @@ func Exec(ctx context.Context, socket, command string) (Reply, error) {
 	}
 	sc := bufio.NewScanner(conn)
 	sc.Buffer(make([]byte, 64<<10), MaxLine)
-	if !sc.Scan() {
-		err := sc.Err()
-		if err == nil {
-			err = io.ErrUnexpectedEOF
+	for {
+		if !sc.Scan() {
+			err := sc.Err()
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			return Reply{}, fmt.Errorf("read the guest's reply to %q: %w", command, err)
 		}
-		return Reply{}, fmt.Errorf("read the guest's reply to %q: %w", command, err)
+		var reply Reply
+		if err := json.Unmarshal(sc.Bytes(), &reply); err != nil {
+			return Reply{}, fmt.Errorf("decode the guest's reply to %q: %w", command, err)
+		}
+		if reply.ID == req.ID {
+			return reply, nil
+		}
+		// A late reply to an earlier, abandoned request: skip it.
 	}
-	var reply Reply
-	if err := json.Unmarshal(sc.Bytes(), &reply); err != nil {
-		return Reply{}, fmt.Errorf("decode the guest's reply to %q: %w", command, err)
-	}
-	return reply, nil
 }

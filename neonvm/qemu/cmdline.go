@@ -226,11 +226,15 @@ func Build(vm *vmv1.VirtualMachine, cfg Config) (*Command, error) {
 		if tb <= 0 {
 			tb = DefaultTCGTranslationCacheMiB
 		}
-		a.add("-accel", fmt.Sprintf("tcg,tb-size=%d", tb))
+		a.add("-accel", fmt.Sprintf("tcg,thread=multi,tb-size=%d", tb))
 	}
-	maxCPUs := int(g.CPUs.Max.RoundedUp())
+	// Under TCG, QEMU 7.2 (Debian bookworm) corrupts its heap on the first
+	// vCPU plug after an unplug (multi-threaded TCG; single-threaded TCG
+	// cannot unplug at all): scale CPUs with SysfsScaling there. KVM is
+	// unaffected.
+	slots := int(g.CPUs.Max.RoundedUp())
 	a.add("-cpu", "max",
-		"-smp", fmt.Sprintf("cpus=%d,maxcpus=%d,sockets=1,cores=%d,threads=1", BootCPUs(vm), maxCPUs, maxCPUs))
+		"-smp", fmt.Sprintf("cpus=%d,maxcpus=%d,sockets=1,cores=%d,threads=1", BootCPUs(vm), slots, slots))
 	for _, core := range cfg.HotpluggedCPUs {
 		a.add("-device", fmt.Sprintf("%s,id=cpu%d,socket-id=0,core-id=%d,thread-id=0", cfg.CPUDriver, core, core))
 	}

@@ -55,7 +55,7 @@ func TestBuild(t *testing.T) {
 				path: "qemu-system-x86_64",
 				pairs: [][2]string{
 					{"-machine", "q35"},
-					{"-accel", "tcg,tb-size=256"},
+					{"-accel", "tcg,thread=multi,tb-size=256"},
 					{"-cpu", "max"},
 					{"-smp", "cpus=1,maxcpus=2,sockets=1,cores=2,threads=1"},
 					{"-m", "size=536870912b,slots=6,maxmem=2147483648b"},
@@ -85,7 +85,7 @@ func TestBuild(t *testing.T) {
 		{
 			name: "KVM",
 			cfg:  func(c *Config) { c.Accel = AccelKVM },
-			want: want{pairs: [][2]string{{"-enable-kvm", "-cpu"}}, absent: []string{"-accel"}},
+			want: want{pairs: [][2]string{{"-enable-kvm", "-cpu"}, {"-smp", "cpus=1,maxcpus=2,sockets=1,cores=2,threads=1"}}, absent: []string{"-accel"}},
 		},
 		{
 			name: "fixed memory has no virtio-mem device",

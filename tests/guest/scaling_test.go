@@ -13,7 +13,7 @@ import (
 const bootTimeout = 3 * time.Minute
 
 // waitPostgres waits until Postgres in the guest accepts connections.
-func (vm *VM) waitPostgres(t *testing.T) {
+func (vm *VM) waitPostgres(t testing.TB) {
 	t.Helper()
 	poll(t, bootTimeout, "Postgres accepting connections", func() error {
 		_, err := vm.run(t, "/usr/lib/postgresql/15/bin/pg_isready -q -h 127.0.0.1")
@@ -21,7 +21,7 @@ func (vm *VM) waitPostgres(t *testing.T) {
 	})
 }
 
-func (vm *VM) onlineCPUs(t *testing.T) string {
+func (vm *VM) onlineCPUs(t testing.TB) string {
 	out, err := vm.run(t, "cat /sys/devices/system/cpu/online")
 	if err != nil {
 		t.Fatal(err)
@@ -29,7 +29,7 @@ func (vm *VM) onlineCPUs(t *testing.T) string {
 	return strings.TrimSpace(out)
 }
 
-func (vm *VM) memTotalMiB(t *testing.T) int64 {
+func (vm *VM) memTotalMiB(t testing.TB) int64 {
 	out, err := vm.run(t, "grep MemTotal /proc/meminfo")
 	if err != nil {
 		t.Fatal(err)

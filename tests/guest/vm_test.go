@@ -38,7 +38,7 @@ var (
 )
 
 // guestImage builds (or finds in the cache) the test guest.
-func guestImage(t *testing.T) string {
+func guestImage(t testing.TB) string {
 	t.Helper()
 	imageOnce.Do(func() {
 		cmd := exec.Command(filepath.Join(repoRoot(), "hack", "guest", "build.sh"))
@@ -52,7 +52,7 @@ func guestImage(t *testing.T) string {
 	return imageDir
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -74,7 +74,7 @@ type VM struct {
 }
 
 // bootVM starts the test guest with cpus and 256 MiB memory slots.
-func bootVM(t *testing.T, cpus vmv1.CPUs, slots vmv1.MemorySlots) *VM {
+func bootVM(t testing.TB, cpus vmv1.CPUs, slots vmv1.MemorySlots) *VM {
 	t.Helper()
 	img := guestImage(t)
 	dir := t.TempDir()
@@ -147,7 +147,7 @@ func (w *lockedWriter) Write(p []byte) (int, error) {
 }
 
 // run runs a shell command in the guest.
-func (vm *VM) run(t *testing.T, command string) (string, error) {
+func (vm *VM) run(t testing.TB, command string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -161,7 +161,7 @@ func (vm *VM) run(t *testing.T, command string) (string, error) {
 	return r.Output, nil
 }
 
-func poll(t *testing.T, timeout time.Duration, what string, cond func() error) {
+func poll(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -176,7 +176,7 @@ func poll(t *testing.T, timeout time.Duration, what string, cond func() error) {
 	}
 }
 
-func qctx(t *testing.T) context.Context {
+func qctx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx
