@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs QEMU (system emulator for x86_64, and qemu-img) from Debian, once.
+# Installs QEMU (system emulator for x86_64, qemu-img) and the disk tools the
+# runner uses (genisoimage, mkfs.ext4) from Debian, once.
 source "$(dirname "$0")/lib/common.sh"
-apt_install qemu-system-x86 qemu-utils
+apt_install qemu-system-x86 qemu-utils genisoimage e2fsprogs
 command -v qemu-system-x86_64

@@ -1,0 +1,201 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	vmv1 "github.com/vmscale/vmscale/api/v1"
+	"github.com/vmscale/vmscale/neonvm/qemu"
+	"github.com/vmscale/vmscale/neonvm/qmp"
+)
+
+// Config is everything the runner is told.
+type Config struct {
+	Spec    vmv1.VirtualMachineSpec
+	PodName string
+
+	QEMUPath string
+	Kernel   string
+	Initrd   string
+	Dirs     Dirs
+	// Accel is auto (probe KVM), kvm or tcg.
+	Accel string
+
+	QMPHost  string
+	HTTPAddr string
+	// RunDir holds the runner's sockets (QMP for SIGTERM, exec channel).
+	RunDir string
+
+	CPUScalingMode        vmv1.CPUScalingMode
+	MemhpAutoMovableRatio string
+	UseVirtioConsole      bool
+	DiskCache             string
+	AppendKernelCmdline   string
+
+	// Forwards are user-mode networking port forwards (a runner run as a
+	// local process); TapName attaches the guest to a tap device instead.
+	Forwards []qemu.Forward
+	TapName  string
+
+	// ReceiveMigration starts QEMU waiting for a migration on
+	// 0.0.0.0:20187.
+	ReceiveMigration bool
+
+	Log *slog.Logger
+}
+
+// Sockets the runner creates in RunDir.
+const (
+	SigtermSocket = "qmp-sigterm.sock"
+	ExecSocket    = "exec.sock"
+)
+
+// Run prepares and runs the VM until ctx ends (SIGTERM), when it powers the
+// guest off and waits for QEMU, or until QEMU exits by itself.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	spec := &cfg.Spec
+	mem, err := HostMemory()
+	if err != nil {
+		return fmt.Errorf("read host memory: %w", err)
+	}
+	if err := CheckHost(spec, mem); err != nil {
+		return err
+	}
+	accel, why := ChooseAccel(ctx, cfg.Accel, cfg.QEMUPath, cfg.Kernel)
+	log.Info("accelerator chosen", "accel", accel, "why", why)
+
+	prep := time.Now()
+	root, disks, err := PrepareDisks(ctx, spec, cfg.Dirs)
+	if err != nil {
+		return err
+	}
+	log.Info("disks prepared", "disks", len(disks)+1, "took", time.Since(prep).Round(time.Millisecond))
+
+	if err := os.MkdirAll(cfg.RunDir, 0o755); err != nil {
+		return err
+	}
+	sigtermSock := filepath.Join(cfg.RunDir, SigtermSocket)
+	mode := cfg.CPUScalingMode
+	if mode == "" {
+		mode = vmv1.CPUScalingModeQMP
+	}
+	vm := &vmv1.VirtualMachine{Spec: *spec}
+	vm.Spec.CPUScalingMode = &mode
+	var extra []string
+	if cfg.AppendKernelCmdline != "" {
+		extra = append(extra, cfg.AppendKernelCmdline)
+	}
+	qcfg := qemu.Config{
+		Accel: accel, QMPHost: cfg.QMPHost, QMPSigtermSocket: sigtermSock,
+		ExecSocket: filepath.Join(cfg.RunDir, ExecSocket),
+		KernelPath: cfg.Kernel, InitrdPath: cfg.Initrd, RootDiskPath: root, Disks: disks,
+		MemhpAutoMovableRatio: cfg.MemhpAutoMovableRatio, UseVirtioConsole: cfg.UseVirtioConsole,
+		DiskCache: cfg.DiskCache, ExtraKernelArgs: extra, Hostname: "vm-" + cfg.PodName,
+		Network: qemu.Network{TapName: cfg.TapName, Forwards: cfg.Forwards, VhostNet: cfg.TapName != "" && exists("/dev/vhost-net")},
+	}
+	if cfg.ReceiveMigration {
+		qcfg.Incoming = "tcp:0:" + strconv.Itoa(int(vmv1.MigrationPort))
+	}
+	cmd, err := qemu.Build(vm, qcfg)
+	if err != nil {
+		return err
+	}
+	qpath := cmd.Path
+	if cfg.QEMUPath != "" {
+		qpath = cfg.QEMUPath
+	}
+	proc := exec.Command(qpath, cmd.Args...)
+	proc.Stdout, proc.Stderr = os.Stdout, os.Stderr
+	if err := proc.Start(); err != nil {
+		return fmt.Errorf("start QEMU: %w", err)
+	}
+	log.Info("QEMU started", "pid", proc.Process.Pid, "accel", accel)
+	exited := make(chan error, 1)
+	go func() { exited <- proc.Wait() }()
+
+	apiCtx, stopAPI := context.WithCancel(context.Background())
+	defer stopAPI()
+	api := NewAPI(spec, mode, func(ctx context.Context) error { return guestRunning(ctx, sigtermSock) })
+	apiErr := make(chan error, 1)
+	go func() { apiErr <- api.Serve(apiCtx, cfg.HTTPAddr) }()
+
+	select {
+	case err := <-exited:
+		if err != nil {
+			return fmt.Errorf("QEMU exited: %w", err)
+		}
+		log.Info("QEMU exited: the guest powered off")
+		return nil
+	case err := <-apiErr:
+		_ = proc.Process.Kill()
+		<-exited
+		return err
+	case <-ctx.Done():
+	}
+
+	log.Info("stopping: powering the guest off over QMP")
+	if err := powerdown(sigtermSock); err != nil {
+		log.Error("powerdown failed; stopping QEMU", "error", err)
+		_ = proc.Process.Kill()
+	}
+	grace := 30 * time.Second
+	if spec.TerminationGracePeriodSeconds != nil && *spec.TerminationGracePeriodSeconds > 0 {
+		grace = time.Duration(*spec.TerminationGracePeriodSeconds) * time.Second
+	}
+	select {
+	case err := <-exited:
+		var exitErr *exec.ExitError
+		if err != nil && !errors.As(err, &exitErr) {
+			return fmt.Errorf("wait for QEMU: %w", err)
+		}
+		log.Info("QEMU exited after power-off")
+		return nil
+	case <-time.After(grace):
+		_ = proc.Process.Kill()
+		<-exited
+		return fmt.Errorf("the guest did not power off within %s; QEMU killed", grace)
+	}
+}
+
+func guestRunning(ctx context.Context, sock string) error {
+	c, err := qmp.Dial(ctx, "unix", sock)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	st, err := c.QueryStatus(ctx)
+	if err != nil {
+		return err
+	}
+	if !st.Running && st.Status != "inmigrate" {
+		return fmt.Errorf("guest is %s", st.Status)
+	}
+	return nil
+}
+
+func powerdown(sock string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := qmp.Dial(ctx, "unix", sock)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.SystemPowerdown(ctx)
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}

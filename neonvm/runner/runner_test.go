@@ -1,0 +1,98 @@
+package runner
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	vmv1 "github.com/vmscale/vmscale/api/v1"
+)
+
+func TestSpecEncodingRoundTrip(t *testing.T) {
+	spec := vmv1.VirtualMachineSpec{Guest: vmv1.Guest{
+		CPUs: vmv1.CPUs{Min: 250, Max: 2000, Use: 1500}, MemorySlotSize: resource.MustParse("256Mi"),
+		MemorySlots: vmv1.MemorySlots{Min: 2, Max: 8, Use: 4}, RootDisk: vmv1.RootDisk{Image: "x"},
+	}}
+	enc, err := EncodeSpec(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back vmv1.VirtualMachineSpec
+	if err := DecodeSpec(enc, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Guest.CPUs != spec.Guest.CPUs || back.Guest.MemorySlots != spec.Guest.MemorySlots {
+		t.Fatalf("round trip changed the spec: %+v", back.Guest)
+	}
+	for _, bad := range []string{"%%", "aGVsbG8=", ""} {
+		if err := DecodeSpec(bad, &back); err == nil {
+			t.Errorf("DecodeSpec(%q) accepted", bad)
+		}
+	}
+}
+
+func TestRuntimeFiles(t *testing.T) {
+	ro := true
+	spec := &vmv1.VirtualMachineSpec{Guest: vmv1.Guest{
+		Command:  []string{"/bin/sh"},
+		Args:     []string{"-c", "echo 'hi'"},
+		Env:      []vmv1.EnvVar{{Name: "A", Value: "it's"}},
+		Settings: &vmv1.GuestSettings{Sysctl: []string{"vm.swappiness=1"}},
+	}, Disks: []vmv1.Disk{
+		{Name: "data", MountPath: "/data", DiskSource: vmv1.DiskSource{EmptyDisk: &vmv1.EmptyDiskSource{}}},
+		{Name: "conf", MountPath: "/etc/app", ReadOnly: &ro},
+		{Name: "cache", MountPath: "/cache", DiskSource: vmv1.DiskSource{Tmpfs: &vmv1.TmpfsDiskSource{Size: resource.MustParse("1Mi")}}},
+	}}
+	f := RuntimeFiles(spec)
+	checks := map[string][]string{
+		"sysctl.conf": {"kernel.core_pattern=core", "kernel.core_uses_pid=1", "vm.swappiness=1"},
+		"args.sh":     {`'-c' 'echo '\''hi'\'''`},
+		"env.sh":      {`export A='it'\''s'`},
+		"mounts.sh":   {`mount -o rw "$(/neonvm/bin/busybox findfs LABEL=data)" '/data'`, `mount -o ro "$(/neonvm/bin/busybox findfs LABEL=conf)" '/etc/app'`, "mount -t tmpfs -o size=1048576 tmpfs '/cache'"},
+	}
+	for file, wants := range checks {
+		for _, w := range wants {
+			if !strings.Contains(f[file], w) {
+				t.Errorf("%s lacks %q:\n%s", file, w, f[file])
+			}
+		}
+	}
+}
+
+func TestCheckHost(t *testing.T) {
+	spec := &vmv1.VirtualMachineSpec{Guest: vmv1.Guest{
+		CPUs: vmv1.CPUs{Min: 1000, Max: 2000, Use: 1000}, MemorySlotSize: resource.MustParse("1Gi"),
+		MemorySlots: vmv1.MemorySlots{Min: 1, Max: 8, Use: 1}, RootDisk: vmv1.RootDisk{Image: "x"},
+	}}
+	if err := CheckHost(spec, 16<<30); err != nil {
+		t.Fatalf("8Gi on a 16Gi host: %v", err)
+	}
+	if err := CheckHost(spec, 4<<30); err == nil || !strings.Contains(err.Error(), "spec.guest.memorySlots.max: 8 slots of 1Gi (8Gi) exceed this host's memory (4Gi)") {
+		t.Fatalf("8Gi on a 4Gi host: %v", err)
+	}
+}
+
+func TestAPI(t *testing.T) {
+	spec := &vmv1.VirtualMachineSpec{Guest: vmv1.Guest{CPUs: vmv1.CPUs{Min: 250, Max: 2000, Use: 250}}}
+	srv := httptest.NewServer(NewAPI(spec, vmv1.CPUScalingModeSysfs, nil).Handler())
+	defer srv.Close()
+	resp, err := http.Post(srv.URL+"/cpu_change", "application/json", strings.NewReader(`{"VCPUs":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotImplemented {
+		t.Fatalf("Sysfs /cpu_change = %d; want 501 until neonvm-daemon serves /cpu", resp.StatusCode)
+	}
+	resp, err = http.Get(srv.URL + "/cpu_change")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("GET /cpu_change = %d; want 405", resp.StatusCode)
+	}
+}

@@ -1,0 +1,99 @@
+// Package runner is neonvm-runner: it turns a VirtualMachine spec into a
+// running QEMU (disks prepared, KVM chosen by a real probe, the command line
+// from neonvm/qemu), serves the runner HTTP API, and powers the guest off
+// over QMP on SIGTERM.
+package runner
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	vmv1 "github.com/vmscale/vmscale/api/v1"
+)
+
+// EncodeSpec is how the controller passes a spec to the runner
+// (-vmspec): JSON, gzipped, base64.
+func EncodeSpec(v any) (string, error) {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return "", err
+	}
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	if _, err := zw.Write(raw); err != nil {
+		return "", err
+	}
+	if err := zw.Close(); err != nil {
+		return "", err
+	}
+	return base64.StdEncoding.EncodeToString(buf.Bytes()), nil
+}
+
+// DecodeSpec reverses EncodeSpec into out.
+func DecodeSpec(s string, out any) error {
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
+	if err != nil {
+		return fmt.Errorf("not base64: %w", err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(raw))
+	if err != nil {
+		return fmt.Errorf("not gzip: %w", err)
+	}
+	data, err := io.ReadAll(io.LimitReader(zr, 16<<20))
+	if err != nil {
+		return fmt.Errorf("gunzip: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(out); err != nil {
+		return fmt.Errorf("not a spec: %w", err)
+	}
+	return nil
+}
+
+// CheckHost rejects a spec this host cannot run, naming the field: guest
+// memory past the host's, or more vCPUs than QEMU may create.
+func CheckHost(spec *vmv1.VirtualMachineSpec, hostMemBytes int64) error {
+	g := spec.Guest
+	if errs := vmv1.ValidateVirtualMachine(&vmv1.VirtualMachine{Spec: *spec}); len(errs) > 0 {
+		return errs.ToAggregate()
+	}
+	maxMem := g.MemorySlotSize.Value() * int64(g.MemorySlots.Max)
+	if hostMemBytes > 0 && maxMem > hostMemBytes {
+		return fmt.Errorf("spec.guest.memorySlots.max: %d slots of %s (%s) exceed this host's memory (%s)",
+			g.MemorySlots.Max, g.MemorySlotSize.String(),
+			resource.NewQuantity(maxMem, resource.BinarySI).String(),
+			resource.NewQuantity(hostMemBytes, resource.BinarySI).String())
+	}
+	if g.CPUs.Max.RoundedUp() > 288 {
+		return fmt.Errorf("spec.guest.cpus.max: %s vCPUs are more than QEMU's q35 machine takes (288)", g.CPUs.Max)
+	}
+	return nil
+}
+
+// HostMemory reads MemTotal from /proc/meminfo.
+func HostMemory() (int64, error) {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == "MemTotal:" {
+			kb, err := strconv.ParseInt(fields[1], 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no MemTotal in /proc/meminfo")
+}
