@@ -2,6 +2,8 @@ package guest
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -86,6 +88,14 @@ func TestGuestScalesLive(t *testing.T) {
 			if want := base + extra>>20; got < want-64 || got > want+64 {
 				return fmt.Errorf("MemTotal %d MiB, want about %d MiB", got, want)
 			}
+			// The exporter the agent scrapes follows what the guest sees.
+			exported, err := vm.scrape("host_memory_total_bytes")
+			if err != nil {
+				return err
+			}
+			if int64(exported)>>20 != got {
+				return fmt.Errorf("exporter says %d MiB, the guest %d MiB", int64(exported)>>20, got)
+			}
 			return nil
 		})
 	}
@@ -117,4 +127,25 @@ func TestGuestPowersOffOnACPI(t *testing.T) {
 	if !strings.Contains(vm.console(), "server stopped") {
 		t.Fatalf("the guest powered off without stopping Postgres cleanly")
 	}
+}
+
+// scrape reads one gauge from the guest's metrics exporter on :9100.
+func (vm *VM) scrape(name string) (float64, error) {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", vm.Metrics))
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 && f[0] == name {
+			return strconv.ParseFloat(f[1], 64)
+		}
+	}
+	return 0, fmt.Errorf("%s not exported:\n%s", name, body)
 }

@@ -67,6 +67,7 @@ type VM struct {
 	QMP      *qmp.Client
 	Exec     string // exec channel socket
 	PGPort   int    // host port forwarded to the guest's 5432
+	Metrics  int    // host port forwarded to the guest's 9100
 	Console  *bytes.Buffer
 	exited   chan struct{}
 	cmd      *exec.Cmd
@@ -87,7 +88,7 @@ func bootVM(t testing.TB, cpus vmv1.CPUs, slots vmv1.MemorySlots) *VM {
 	vmObj.Name = "test"
 	vmObj.Spec.QMP, vmObj.Spec.QMPManual = int32(freePort(t)), int32(freePort(t))
 	vmObj.Spec.Guest = vmv1.Guest{CPUs: cpus, MemorySlotSize: resource.MustParse("256Mi"), MemorySlots: slots}
-	vm := &VM{Exec: filepath.Join(dir, "exec.sock"), PGPort: freePort(t), Console: &bytes.Buffer{}, exited: make(chan struct{})}
+	vm := &VM{Exec: filepath.Join(dir, "exec.sock"), PGPort: freePort(t), Metrics: freePort(t), Console: &bytes.Buffer{}, exited: make(chan struct{})}
 	qc, err := qemu.Build(vmObj, qemu.Config{
 		Accel:        qemu.AccelTCG,
 		QMPHost:      "127.0.0.1",
@@ -96,7 +97,10 @@ func bootVM(t testing.TB, cpus vmv1.CPUs, slots vmv1.MemorySlots) *VM {
 		RootDiskPath: disk,
 		ExecSocket:   vm.Exec,
 		Hostname:     "vm-test",
-		Network:      qemu.Network{Forwards: []qemu.Forward{{HostAddr: "127.0.0.1", HostPort: vm.PGPort, GuestPort: 5432}}},
+		Network: qemu.Network{Forwards: []qemu.Forward{
+			{HostAddr: "127.0.0.1", HostPort: vm.PGPort, GuestPort: 5432},
+			{HostAddr: "127.0.0.1", HostPort: vm.Metrics, GuestPort: 9100},
+		}},
 	})
 	if err != nil {
 		t.Fatal(err)
