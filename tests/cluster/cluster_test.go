@@ -3,6 +3,7 @@ package cluster
 import (
 	"encoding/base64"
 	"fmt"
+	testpoll "github.com/vmscale/vmscale/tests/poll"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,17 +28,7 @@ func kc(t *testing.T) string {
 // poll retries cond until it returns nil or the deadline passes.
 func poll(t *testing.T, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not done after %s: %v", what, timeout, err)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	testpoll.Until(t, timeout, 500*time.Millisecond, what, cond)
 }
 
 func TestUpIsIdempotentAndDownUpWorks(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	testpoll "github.com/vmscale/vmscale/tests/poll"
 	"net"
 	"os"
 	"os/exec"
@@ -167,17 +168,7 @@ func (vm *VM) run(t testing.TB, command string) (string, error) {
 
 func poll(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not done after %s: %v", what, timeout, err)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+	testpoll.Until(t, timeout, 250*time.Millisecond, what, cond)
 }
 
 func qctx(t testing.TB) context.Context {

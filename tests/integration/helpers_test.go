@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/vmscale/vmscale/tests/poll"
 	"io"
 	"os"
 	"reflect"
@@ -127,17 +128,7 @@ func missingFrom(want, got any, path string) []string {
 // eventually polls cond until it returns nil or the deadline passes.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true after %s: %v", what, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	poll.Until(t, timeout, 100*time.Millisecond, what, cond)
 }
 
 func getUnstructured(t *testing.T, like *unstructured.Unstructured, ns, name string) *unstructured.Unstructured {
