@@ -2,7 +2,7 @@
 //
 //	vm-builder vmlinux   -in vmlinuz -out vmlinux
 //	vm-builder initramfs -kernel-root DIR -busybox PATH -out initrd.img
-//	vm-builder disk      -rootfs DIR -out disk.qcow2 [-size 2G] -busybox PATH -daemon PATH [-monitor PATH] [-metrics PATH]
+//	vm-builder disk      -rootfs DIR|-src IMAGE.tar -out disk.qcow2 [-size 2G] -busybox PATH -daemon PATH [-monitor PATH] [-metrics PATH]
 //
 // It runs on a developer's or CI machine, not in a pod.
 // vmscale:no-image
@@ -45,6 +45,7 @@ func main() {
 		}
 	case "disk":
 		rootfs := fs.String("rootfs", "", "the guest's root filesystem (a folder)")
+		src := fs.String("src", "", "or: an image tarball (docker save / make images) whose filesystem becomes the root")
 		out := fs.String("out", "", "the qcow2 disk to write")
 		size := fs.String("size", "2G", "disk size")
 		var bins guest.GuestBinaries
@@ -53,9 +54,7 @@ func main() {
 		fs.StringVar(&bins.Monitor, "monitor", "", "vm-monitor (optional)")
 		fs.StringVar(&bins.Metrics, "metrics", "", "guest metrics exporter (optional)")
 		_ = fs.Parse(os.Args[2:])
-		if err = guest.InstallNeonVMFiles(*rootfs, bins); err == nil {
-			err = guest.BuildDisk(ctx, *rootfs, *out, *size)
-		}
+		err = disk(ctx, *rootfs, *src, *out, *size, bins)
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -75,4 +74,25 @@ func vmlinux(ctx context.Context, in, out string) error {
 		return fmt.Errorf("%s: %w", in, err)
 	}
 	return os.WriteFile(out, k, 0o644)
+}
+
+func disk(ctx context.Context, rootfs, src, out, size string, bins guest.GuestBinaries) error {
+	switch {
+	case (rootfs == "") == (src == ""):
+		return fmt.Errorf("disk: give exactly one of -rootfs and -src")
+	case src != "":
+		tmp, err := os.MkdirTemp("", "vm-builder-rootfs-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		if err := guest.UnpackImageTarball(src, tmp); err != nil {
+			return err
+		}
+		rootfs = tmp
+	}
+	if err := guest.InstallNeonVMFiles(rootfs, bins); err != nil {
+		return err
+	}
+	return guest.BuildDisk(ctx, rootfs, out, size)
 }
