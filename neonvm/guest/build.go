@@ -142,13 +142,19 @@ func InstallNeonVMFiles(rootfs string, bins GuestBinaries) error {
 	return os.WriteFile(filepath.Join(rootfs, "etc", "inittab"), []byte(strings.Join(inittab, "\n")), 0o644)
 }
 
+// rootUUID is the root filesystem's UUID in every guest disk.
+const rootUUID = "6e656f6e-766d-4d00-8000-766d7363616c"
+
 // BuildDisk makes a qcow2 disk of size (e.g. "2G") holding rootfs as an
 // ext4 filesystem labelled vmroot, without mounting anything.
 func BuildDisk(ctx context.Context, rootfs, out, size string) error {
 	raw := out + ".raw"
 	defer os.Remove(raw)
 	_ = os.Remove(raw)
-	if err := run(ctx, "mkfs.ext4", "-q", "-F", "-L", "vmroot", "-d", rootfs, raw, size); err != nil {
+	// A fixed UUID and hash seed, with the fake time run() sets, keep the
+	// filesystem's own metadata from varying between builds.
+	if err := run(ctx, "mkfs.ext4", "-q", "-F", "-L", "vmroot", "-U", rootUUID,
+		"-E", "hash_seed="+rootUUID, "-d", rootfs, raw, size); err != nil {
 		return err
 	}
 	tmp := out + ".tmp"
