@@ -71,5 +71,7 @@ mkdir -p "$out.tmp"
 mv "$work/vmlinux" "$work/initrd.img" "$work/disk.qcow2" "$out.tmp/"
 echo "kernel=$kpkg busybox=$bbver built=$(date -u +%FT%TZ)" >"$out.tmp/manifest.txt"
 rm -rf "$out" && mv "$out.tmp" "$out"
+# Keep the three newest images; older inputs are unlikely to come back.
+ls -1dt "$VMSCALE_CACHE"/guest/*/ 2>/dev/null | tail -n +4 | xargs -r rm -rf
 log "guest image built in $((SECONDS - start))s: $(du -sh "$out" | cut -f1) in $out"
 echo "$out"
