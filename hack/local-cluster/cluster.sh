@@ -195,6 +195,16 @@ setup_network() {
 	done
 }
 
+# Pod sandboxes' network namespaces (/run/netns/cni-*) outlive containerd when
+# it is stopped or killed without tearing its pods down; remove those no
+# process uses any more.
+remove_stale_pod_netns() {
+	local ns
+	for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ { print $1 }'); do
+		[ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && ip netns del "$ns" 2>/dev/null || true
+	done
+}
+
 teardown_network() {
 	for n in "${NODES[@]}"; do
 		ip route del "${POD_CIDR[$n]}" 2>/dev/null || true
@@ -413,6 +423,7 @@ cmd_up() {
 	kubeconfig admin "$KUBECONFIG_OUT"
 	build_images
 	log "network: bridge $BRIDGE, namespaces $(netns node-a) $(netns node-b)"
+	remove_stale_pod_netns
 	setup_network
 	log "control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy"
 	start_control_plane
@@ -454,6 +465,7 @@ cmd_down() {
 		done
 	done
 	teardown_network
+	remove_stale_pod_netns
 	rm -rf "$DIR/nodes" "$DIR/etcd"
 	log "local cluster down"
 }
