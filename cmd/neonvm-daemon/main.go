@@ -1,16 +1,19 @@
 // Command neonvm-daemon is vmscale's agent inside the guest (started and
 // respawned by the guest's init): it onlines hot-plugged vCPUs on their
 // uevents, powers the guest off on the ACPI power button, and serves
-// the exec channel.
+// the exec channel and GET/PUT /cpu (SysfsScaling) on :25183.
 // vmscale:no-image
 package main
 
 import (
 	"context"
+	"flag"
 	"log"
+	"net/http"
 	"os/exec"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/vmscale/vmscale/neonvm/daemon"
 )
@@ -21,6 +24,8 @@ func main() {
 	// init gives the daemon the console as stderr: where an operator
 	// watching the VM looks.
 	logf := log.Printf
+	addr := flag.String("addr", "0.0.0.0:25183", "address of the /cpu API")
+	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
@@ -41,5 +46,18 @@ func main() {
 			logf("power button watcher stopped: %v", err)
 		}
 	}()
+	go serveAPI(ctx, *addr, logf)
 	daemon.ServeExecPort(ctx, logf)
+}
+
+// serveAPI serves GET/PUT /cpu (SysfsScaling) for the runner.
+func serveAPI(ctx context.Context, addr string, logf daemon.Logf) {
+	mux := http.NewServeMux()
+	mux.Handle("/cpu", &daemon.CPUServer{Sys: "/sys"})
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { <-ctx.Done(); _ = srv.Close() }()
+	logf("serving /cpu on %s", addr)
+	if err := srv.ListenAndServe(); err != nil && ctx.Err() == nil {
+		logf("API on %s stopped: %v", addr, err)
+	}
 }

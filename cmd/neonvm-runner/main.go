@@ -21,10 +21,10 @@ import (
 
 func main() {
 	var (
-		vmspec, vmstatus, cpuMode, ratio, diskCache, appendCmdline string
-		kernel, initrd, imagesDir, mountsDir, rootDisk, runDir     string
-		accel, qmpHost, httpAddr, forwards, tap, qemuPath          string
-		useVirtioConsole, skipCgroup                               bool
+		vmspec, vmstatus, cpuMode, ratio, diskCache, appendCmdline    string
+		kernel, initrd, imagesDir, mountsDir, rootDisk, runDir        string
+		accel, qmpHost, httpAddr, forwards, tap, qemuPath, daemonAddr string
+		useVirtioConsole, skipCgroup                                  bool
 	)
 	flag.StringVar(&vmspec, "vmspec", "", "the VirtualMachine spec: JSON, gzipped, base64 (required)")
 	flag.StringVar(&vmstatus, "vmstatus", "", "the VirtualMachine status, same encoding (optional)")
@@ -46,6 +46,7 @@ func main() {
 	flag.StringVar(&forwards, "forward", "", "user-mode networking forwards, HOSTADDR:PORT=GUESTPORT,... (a local runner; empty: tap)")
 	flag.StringVar(&tap, "tap", "", "tap device for the guest NIC (in a runner pod)")
 	flag.StringVar(&qemuPath, "qemu", "", "QEMU binary (default by architecture)")
+	flag.StringVar(&daemonAddr, "daemon-addr", "169.254.254.254:25183", "neonvm-daemon in the guest, as the runner reaches it (SysfsScaling)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 
@@ -53,7 +54,7 @@ func main() {
 		QEMUPath: qemuPath, Kernel: kernel, Initrd: initrd, Accel: accel, QMPHost: qmpHost,
 		RunDir: runDir, CPUScalingMode: vmv1.CPUScalingMode(cpuMode), MemhpAutoMovableRatio: ratio,
 		UseVirtioConsole: useVirtioConsole, DiskCache: diskCache, AppendKernelCmdline: appendCmdline,
-		TapName: tap, ReceiveMigration: os.Getenv("RECEIVE_MIGRATION") == "true",
+		TapName: tap, DaemonAddr: daemonAddr, ReceiveMigration: os.Getenv("RECEIVE_MIGRATION") == "true",
 		PodName: os.Getenv("K8S_POD_NAME"), Log: log,
 		Dirs: runner.Dirs{Images: imagesDir, Mounts: mountsDir, BaseRootDisk: rootDisk},
 	}, vmspec, httpAddr, forwards); err != nil {

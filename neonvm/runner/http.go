@@ -3,9 +3,12 @@ package runner
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,12 +35,50 @@ type API struct {
 	cpu   *cpuState
 	mode  vmv1.CPUScalingMode
 	ready func(context.Context) error
+	// daemon is neonvm-daemon's base URL in the guest (SysfsScaling).
+	daemon string
+	client *http.Client
 }
 
-// NewAPI makes the API for spec; ready says whether the guest runs.
-func NewAPI(spec *vmv1.VirtualMachineSpec, mode vmv1.CPUScalingMode, ready func(context.Context) error) *API {
+// NewAPI makes the API for spec; ready says whether the guest runs;
+// daemonAddr is where neonvm-daemon listens (host:port), used in
+// SysfsScaling mode.
+func NewAPI(spec *vmv1.VirtualMachineSpec, mode vmv1.CPUScalingMode, ready func(context.Context) error, daemonAddr string) *API {
 	c := spec.Guest.CPUs
-	return &API{cpu: &cpuState{current: c.Min, min: c.Min, max: c.Max}, mode: mode, ready: ready}
+	return &API{cpu: &cpuState{current: c.Min, min: c.Min, max: c.Max}, mode: mode, ready: ready,
+		daemon: "http://" + daemonAddr, client: &http.Client{Timeout: 5 * time.Second}}
+}
+
+// daemonCPU asks neonvm-daemon for the online CPUs, in milli-CPUs.
+func (a *API) daemonCPU(ctx context.Context) (vmv1.MilliCPU, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.daemon+"/cpu", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("neonvm-daemon GET /cpu: %s: %s", resp.Status, body)
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(body)), 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("neonvm-daemon GET /cpu answered %q", body)
+	}
+	return vmv1.MilliCPU(n), nil
+}
+
+// daemonStatus maps a failure to reach neonvm-daemon to the runner API's
+// answer: 504 on a timeout, 502 otherwise (as NeonVM's runner does).
+func daemonStatus(err error) int {
+	var ne interface{ Timeout() bool }
+	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+		return http.StatusGatewayTimeout
+	}
+	return http.StatusBadGateway
 }
 
 // Handler routes the API.
@@ -56,6 +97,13 @@ func (a *API) Handler() http.Handler {
 		a.cpu.mu.Lock()
 		cur := a.cpu.current
 		a.cpu.mu.Unlock()
+		if a.mode == vmv1.CPUScalingModeSysfs {
+			var err error
+			if cur, err = a.daemonCPU(r.Context()); err != nil {
+				http.Error(w, err.Error(), daemonStatus(err))
+				return
+			}
+		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(cpuBody{VCPUs: cur})
 	})
@@ -74,8 +122,19 @@ func (a *API) Handler() http.Handler {
 			return
 		}
 		if a.mode == vmv1.CPUScalingModeSysfs {
-			http.Error(w, "SysfsScaling: onlining vCPUs through neonvm-daemon is not served by this runner yet", http.StatusNotImplemented)
-			return
+			req, _ := http.NewRequestWithContext(r.Context(), http.MethodPut, a.daemon+"/cpu",
+				strings.NewReader(strconv.FormatUint(uint64(body.VCPUs), 10)))
+			resp, err := a.client.Do(req)
+			if err != nil {
+				http.Error(w, "neonvm-daemon PUT /cpu: "+err.Error(), daemonStatus(err))
+				return
+			}
+			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				http.Error(w, fmt.Sprintf("neonvm-daemon PUT /cpu: %s: %s", resp.Status, msg), http.StatusBadGateway)
+				return
+			}
 		}
 		a.cpu.mu.Lock()
 		a.cpu.current = body.VCPUs

@@ -44,6 +44,10 @@ type Config struct {
 	Forwards []qemu.Forward
 	TapName  string
 
+	// DaemonAddr is neonvm-daemon's host:port as the runner reaches it
+	// (169.254.254.254:25183 on the pod's tap network).
+	DaemonAddr string
+
 	// ReceiveMigration starts QEMU waiting for a migration on
 	// 0.0.0.0:20187.
 	ReceiveMigration bool
@@ -126,7 +130,19 @@ func Run(ctx context.Context, cfg Config) error {
 
 	apiCtx, stopAPI := context.WithCancel(context.Background())
 	defer stopAPI()
-	api := NewAPI(spec, mode, func(ctx context.Context) error { return guestRunning(ctx, sigtermSock) })
+	var api *API
+	api = NewAPI(spec, mode, func(ctx context.Context) error {
+		if err := guestRunning(ctx, sigtermSock); err != nil {
+			return err
+		}
+		if mode == vmv1.CPUScalingModeSysfs {
+			// In Sysfs mode the runner is ready when neonvm-daemon answers.
+			if _, err := api.daemonCPU(ctx); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, cfg.DaemonAddr)
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- api.Serve(apiCtx, cfg.HTTPAddr) }()
 

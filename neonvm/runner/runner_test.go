@@ -1,14 +1,19 @@
 package runner
 
 import (
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
+	"github.com/vmscale/vmscale/neonvm/daemon"
 )
 
 func TestSpecEncodingRoundTrip(t *testing.T) {
@@ -75,19 +80,71 @@ func TestCheckHost(t *testing.T) {
 	}
 }
 
+// In Sysfs mode the runner API goes through neonvm-daemon: the real
+// daemon handler over a folder laid out like /sys.
+func TestAPISysfsThroughDaemon(t *testing.T) {
+	sys := t.TempDir()
+	cpuDir := filepath.Join(sys, "devices/system/cpu")
+	for i := 0; i < 4; i++ {
+		os.MkdirAll(filepath.Join(cpuDir, fmt.Sprintf("cpu%d", i)), 0o755)
+	}
+	os.WriteFile(filepath.Join(cpuDir, "present"), []byte("0-3\n"), 0o644)
+	os.WriteFile(filepath.Join(cpuDir, "online"), []byte("0\n"), 0o644)
+	// The fake kernel: writes to cpuN/online update the online list.
+	d := &daemon.CPUServer{Sys: sys}
+	daemonSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d.ServeHTTP(w, r)
+		var on []string
+		for i := 0; i < 4; i++ {
+			b, _ := os.ReadFile(filepath.Join(cpuDir, fmt.Sprintf("cpu%d", i), "online"))
+			if i == 0 || strings.TrimSpace(string(b)) == "1" {
+				on = append(on, fmt.Sprint(i))
+			}
+		}
+		os.WriteFile(filepath.Join(cpuDir, "online"), []byte(strings.Join(on, ",")), 0o644)
+	}))
+	defer daemonSrv.Close()
+
+	spec := &vmv1.VirtualMachineSpec{Guest: vmv1.Guest{CPUs: vmv1.CPUs{Min: 1000, Max: 4000, Use: 1000}}}
+	api := httptest.NewServer(NewAPI(spec, vmv1.CPUScalingModeSysfs, nil, strings.TrimPrefix(daemonSrv.URL, "http://")).Handler())
+	defer api.Close()
+	post := func(body string) int {
+		resp, err := http.Post(api.URL+"/cpu_change", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	current := func() string {
+		resp, err := http.Get(api.URL + "/cpu_current")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.TrimSpace(string(b))
+	}
+	if code := post(`{"VCPUs":"2500m"}`); code != 200 {
+		t.Fatalf("/cpu_change 2500m = %d", code)
+	}
+	if got := current(); got != `{"VCPUs":3}` {
+		t.Fatalf("/cpu_current = %s; want 3 online CPUs", got)
+	}
+	if code := post(`{"VCPUs":1}`); code != 200 || current() != `{"VCPUs":1}` {
+		t.Fatalf("back to 1: %d %s", code, current())
+	}
+	daemonSrv.Close()
+	if code := post(`{"VCPUs":2}`); code != http.StatusBadGateway {
+		t.Fatalf("/cpu_change with the daemon down = %d; want 502", code)
+	}
+}
+
 func TestAPI(t *testing.T) {
 	spec := &vmv1.VirtualMachineSpec{Guest: vmv1.Guest{CPUs: vmv1.CPUs{Min: 250, Max: 2000, Use: 250}}}
-	srv := httptest.NewServer(NewAPI(spec, vmv1.CPUScalingModeSysfs, nil).Handler())
+	srv := httptest.NewServer(NewAPI(spec, vmv1.CPUScalingModeQMP, nil, "").Handler())
 	defer srv.Close()
-	resp, err := http.Post(srv.URL+"/cpu_change", "application/json", strings.NewReader(`{"VCPUs":1}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotImplemented {
-		t.Fatalf("Sysfs /cpu_change = %d; want 501 until neonvm-daemon serves /cpu", resp.StatusCode)
-	}
-	resp, err = http.Get(srv.URL + "/cpu_change")
+	resp, err := http.Get(srv.URL + "/cpu_change")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -266,3 +266,45 @@ func (b *syncBuf) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// SysfsScaling: the guest boots with every vCPU and the runner's
+// /cpu_change onlines and offlines them through neonvm-daemon — as many
+// times as needed, which QMP hotplug cannot do under TCG here.
+func TestRunnerSysfsScaling(t *testing.T) {
+	daemonPort := freePort(t)
+	spec := testSpec()
+	spec.Disks = nil
+	p := startRunner(t, spec, "-cpu-scaling-mode", "SysfsScaling",
+		"-forward", fmt.Sprintf("127.0.0.1:%d=25183", daemonPort),
+		"-daemon-addr", fmt.Sprintf("127.0.0.1:%d", daemonPort))
+	poll(t, bootTimeout, "runner /ready (QEMU and neonvm-daemon)", func() error {
+		code, body, err := p.get("/ready")
+		if err != nil {
+			return err
+		}
+		if code != 200 {
+			return fmt.Errorf("%d %s", code, body)
+		}
+		return nil
+	})
+	if _, body, _ := p.get("/cpu_current"); strings.TrimSpace(body) != `{"VCPUs":1}` {
+		t.Fatalf("/cpu_current at boot = %s; want 1 (kernel maxcpus=1)", body)
+	}
+	for cycle := 0; cycle < 3; cycle++ {
+		for _, step := range []struct{ body, online, current string }{
+			{`{"VCPUs":2}`, "0-1", `{"VCPUs":2}`},
+			{`{"VCPUs":"1"}`, "0", `{"VCPUs":1}`},
+		} {
+			if code, body, err := p.post("/cpu_change", step.body); err != nil || code != 200 {
+				t.Fatalf("cycle %d: /cpu_change %s = %d %s %v", cycle, step.body, code, body, err)
+			}
+			out, err := p.exec(t, "cat /sys/devices/system/cpu/online")
+			if err != nil || strings.TrimSpace(out) != step.online {
+				t.Fatalf("cycle %d: guest online CPUs %q, %v; want %s", cycle, out, err, step.online)
+			}
+			if _, body, _ := p.get("/cpu_current"); strings.TrimSpace(body) != step.current {
+				t.Fatalf("cycle %d: /cpu_current = %s; want %s", cycle, body, step.current)
+			}
+		}
+	}
+}
