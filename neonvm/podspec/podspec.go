@@ -1,0 +1,328 @@
+// Package podspec builds a VirtualMachine's runner pod (spec/neonvm.md §4.2)
+// as a pure function of the VM and the controller's settings: metadata
+// (labels, annotations the scheduler plugin reads, owner), the init
+// container that puts the root disk in place, the neonvm-runner container
+// with its command line, ports, probe and privileges, and the volumes.
+package podspec
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	vmv1 "github.com/vmscale/vmscale/api/v1"
+	"github.com/vmscale/vmscale/neonvm/runner"
+)
+
+// Settings are the controller's choices for every runner pod.
+type Settings struct {
+	// RunnerImage is used when the VM names none (env VM_RUNNER_IMAGE).
+	RunnerImage string
+	// DiskCopyCommand is the init container's command in the root-disk
+	// image: it moves /disk.qcow2 to /vm/images/rootdisk.qcow2.
+	DiskCopyCommand []string
+	// KVMDevice and VhostNetDevice request the device plugin resources
+	// neonvm/kvm and neonvm/vhost-net (off by default: without them the
+	// runner runs TCG).
+	KVMDevice, VhostNetDevice bool
+	// Privileged runs the runner privileged (the local cluster); otherwise
+	// it gets NET_ADMIN and SYS_ADMIN, plus SYS_RESOURCE when
+	// AddSysResource is set (root here lacks it).
+	Privileged, AddSysResource bool
+	MemhpAutoMovableRatio      string
+	DiskCacheSettings          string
+	UseVirtioConsole           bool
+	DefaultCPUScalingMode      vmv1.CPUScalingMode
+}
+
+// Labels and annotations on runner pods.
+const (
+	AppLabel                 = "app.kubernetes.io/name"
+	AppLabelValue            = "NeonVM"
+	DefaultContainerAnnot    = "kubectl.kubernetes.io/default-container"
+	LastAppliedAnnot         = "kubectl.kubernetes.io/last-applied-configuration"
+	RunnerContainer          = "neonvm-runner"
+	imagesVolume             = "virtualmachineimages"
+	imagesPath               = "/vm/images"
+	mountsPath               = "/vm/mounts"
+	sshSecretVolume          = "ssh-privatekey"
+	sshAuthorizedKeysVolume  = "ssh-authorized-keys"
+	receiveMigrationEnv      = "RECEIVE_MIGRATION"
+	podNameEnv               = "K8S_POD_NAME"
+	notReadyTolerationSecond = 30
+)
+
+// Usage is the vm.neon.tech/usage annotation.
+type Usage struct {
+	CPU    vmv1.MilliCPU     `json:"cpu"`
+	Memory resource.Quantity `json:"memory"`
+}
+
+// Resources is the vm.neon.tech/resources annotation.
+type Resources struct {
+	CPUs           vmv1.CPUs         `json:"cpus"`
+	MemorySlots    vmv1.MemorySlots  `json:"memorySlots"`
+	MemorySlotSize resource.Quantity `json:"memorySlotSize"`
+}
+
+// Labels are the runner pod's labels: the VM's, plus NeonVM's two.
+func Labels(vm *vmv1.VirtualMachine) map[string]string {
+	out := map[string]string{}
+	for k, v := range vm.Labels {
+		out[k] = v
+	}
+	out[AppLabel] = AppLabelValue
+	out[vmv1.VirtualMachineNameLabel] = vm.Name
+	return out
+}
+
+// Annotations are the runner pod's annotations, re-synced on every
+// reconcile: the VM's (without kubectl's last-applied copy), the default
+// container, usage, resources and overcommit.
+func Annotations(vm *vmv1.VirtualMachine) (map[string]string, error) {
+	out := map[string]string{}
+	for k, v := range vm.Annotations {
+		if k != LastAppliedAnnot {
+			out[k] = v
+		}
+	}
+	out[DefaultContainerAnnot] = RunnerContainer
+	g := vm.Spec.Guest
+	mem := resource.NewQuantity(g.MemorySlotSize.Value()*int64(g.MemorySlots.Use), resource.BinarySI)
+	usage, err := json.Marshal(Usage{CPU: g.CPUs.Use, Memory: *mem})
+	if err != nil {
+		return nil, err
+	}
+	out[vmv1.VirtualMachineUsageAnnotation] = string(usage)
+	res, err := json.Marshal(Resources{CPUs: g.CPUs, MemorySlots: g.MemorySlots, MemorySlotSize: g.MemorySlotSize})
+	if err != nil {
+		return nil, err
+	}
+	out[vmv1.VirtualMachineResourcesAnnotation] = string(res)
+	if vm.Spec.Overcommit != nil {
+		oc, err := json.Marshal(vm.Spec.Overcommit)
+		if err != nil {
+			return nil, err
+		}
+		out[vmv1.VirtualMachineOvercommitAnnotation] = string(oc)
+	}
+	return out, nil
+}
+
+// RunnerPod is the pod that runs vm, named podName. A migration target
+// passes receiveMigration.
+func RunnerPod(vm *vmv1.VirtualMachine, podName string, s Settings, receiveMigration bool) (*corev1.Pod, error) {
+	if podName == "" {
+		return nil, fmt.Errorf("runner pod for %s/%s: no pod name", vm.Namespace, vm.Name)
+	}
+	image := s.RunnerImage
+	if vm.Spec.RunnerImage != nil && *vm.Spec.RunnerImage != "" {
+		image = *vm.Spec.RunnerImage
+	}
+	if image == "" {
+		return nil, fmt.Errorf("runner pod for %s/%s: no runner image (spec.runnerImage or the controller's)", vm.Namespace, vm.Name)
+	}
+	annotations, err := Annotations(vm)
+	if err != nil {
+		return nil, err
+	}
+	args, err := runnerArgs(vm, s)
+	if err != nil {
+		return nil, err
+	}
+	spec := vm.Spec
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: podName, Namespace: vm.Namespace,
+			Labels: Labels(vm), Annotations: annotations,
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: vmv1.GroupVersion.String(), Kind: "VirtualMachine", Name: vm.Name, UID: vm.UID,
+				Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true),
+			}},
+		},
+		Spec: corev1.PodSpec{
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			AutomountServiceAccountToken:  ptr.To(false),
+			TerminationGracePeriodSeconds: spec.TerminationGracePeriodSeconds,
+			NodeSelector:                  spec.NodeSelector,
+			Affinity:                      affinity(vm),
+			Tolerations:                   tolerations(spec.Tolerations),
+			SchedulerName:                 spec.SchedulerName,
+			ServiceAccountName:            spec.ServiceAccountName,
+			ImagePullSecrets:              spec.ImagePullSecrets,
+			EnableServiceLinks:            spec.ServiceLinks,
+		},
+	}
+	pullPolicy := spec.Guest.RootDisk.ImagePullPolicy
+	if pullPolicy == "" {
+		pullPolicy = corev1.PullIfNotPresent
+	}
+	imagesMount := corev1.VolumeMount{Name: imagesVolume, MountPath: imagesPath}
+	pod.Spec.InitContainers = append([]corev1.Container{{
+		Name: "init", Image: spec.Guest.RootDisk.Image, ImagePullPolicy: pullPolicy,
+		Command:         s.DiskCopyCommand,
+		VolumeMounts:    []corev1.VolumeMount{imagesMount},
+		SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)},
+	}}, spec.ExtraInitContainers...)
+
+	runnerPort := port(spec.RunnerPort, vmv1.DefaultRunnerPort)
+	c := corev1.Container{
+		Name: RunnerContainer, Image: image, ImagePullPolicy: corev1.PullIfNotPresent,
+		Command: []string{"/neonvm-runner"}, Args: args,
+		Ports: []corev1.ContainerPort{
+			{Name: "qmp", ContainerPort: port(spec.QMP, vmv1.DefaultQMPPort)},
+			{Name: "qmp-manual", ContainerPort: port(spec.QMPManual, vmv1.DefaultQMPManualPort)},
+			{Name: "runner", ContainerPort: runnerPort},
+		},
+		Env:          []corev1.EnvVar{{Name: podNameEnv, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+		Resources:    *spec.PodResources.DeepCopy(),
+		VolumeMounts: []corev1.VolumeMount{imagesMount},
+		ReadinessProbe: &corev1.Probe{
+			ProbeHandler:        corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(runnerPort)}},
+			InitialDelaySeconds: 5, PeriodSeconds: 5, FailureThreshold: 3,
+		},
+	}
+	for _, p := range spec.Guest.Ports {
+		proto := corev1.ProtocolTCP
+		if p.Protocol == vmv1.ProtocolUDP {
+			proto = corev1.ProtocolUDP
+		}
+		c.Ports = append(c.Ports, corev1.ContainerPort{Name: p.Name, ContainerPort: int32(p.Port), Protocol: proto})
+	}
+	if receiveMigration {
+		c.Env = append(c.Env, corev1.EnvVar{Name: receiveMigrationEnv, Value: "true"})
+	}
+	if s.Privileged {
+		c.SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
+	} else {
+		caps := []corev1.Capability{"NET_ADMIN", "SYS_ADMIN"}
+		if s.AddSysResource {
+			caps = append(caps, "SYS_RESOURCE")
+		}
+		c.SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: caps}}
+	}
+	for name, on := range map[corev1.ResourceName]bool{"neonvm/kvm": s.KVMDevice && boolOr(spec.EnableAcceleration, true), "neonvm/vhost-net": s.VhostNetDevice} {
+		if on {
+			if c.Resources.Limits == nil {
+				c.Resources.Limits = corev1.ResourceList{}
+			}
+			c.Resources.Limits[name] = resource.MustParse("1")
+		}
+	}
+
+	pod.Spec.Volumes = []corev1.Volume{{Name: imagesVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+	if boolOr(spec.EnableSSH, true) && vm.Status.SSHSecretName != "" {
+		pod.Spec.Volumes = append(pod.Spec.Volumes,
+			corev1.Volume{Name: sshSecretVolume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+				SecretName: vm.Status.SSHSecretName, Items: []corev1.KeyToPath{{Key: "ssh-privatekey", Path: "id_ed25519", Mode: ptr.To[int32](0o600)}}}}},
+			corev1.Volume{Name: sshAuthorizedKeysVolume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+				SecretName: vm.Status.SSHSecretName, Items: []corev1.KeyToPath{{Key: "ssh-publickey", Path: "authorized_keys", Mode: ptr.To[int32](0o644)}}}}})
+		c.VolumeMounts = append(c.VolumeMounts,
+			corev1.VolumeMount{Name: sshSecretVolume, MountPath: "/mnt/ssh"},
+			corev1.VolumeMount{Name: sshAuthorizedKeysVolume, MountPath: "/vm/ssh"})
+	}
+	for _, d := range spec.Disks {
+		var src corev1.VolumeSource
+		switch {
+		case d.ConfigMap != nil:
+			src.ConfigMap = d.ConfigMap.DeepCopy()
+		case d.Secret != nil:
+			src.Secret = d.Secret.DeepCopy()
+		default:
+			continue // emptyDisk and tmpfs are made by the runner
+		}
+		pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: d.Name, VolumeSource: src})
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: d.Name, MountPath: mountsPath + d.MountPath, ReadOnly: true})
+	}
+	pod.Spec.Containers = []corev1.Container{c}
+	return pod, nil
+}
+
+// runnerArgs is the runner's command line (§4.2).
+func runnerArgs(vm *vmv1.VirtualMachine, s Settings) ([]string, error) {
+	spec, err := runner.EncodeSpec(vm.Spec)
+	if err != nil {
+		return nil, fmt.Errorf("encode the spec: %w", err)
+	}
+	status, err := runner.EncodeSpec(vm.Status)
+	if err != nil {
+		return nil, fmt.Errorf("encode the status: %w", err)
+	}
+	mode := s.DefaultCPUScalingMode
+	if vm.Spec.CPUScalingMode != nil {
+		mode = *vm.Spec.CPUScalingMode
+	}
+	if mode == "" {
+		mode = vmv1.CPUScalingModeQMP
+	}
+	args := []string{"-skip-cgroup-management"}
+	if s.UseVirtioConsole {
+		args = append(args, "-use-virtio-console")
+	}
+	if s.DiskCacheSettings != "" {
+		args = append(args, "-qemu-disk-cache-settings", s.DiskCacheSettings)
+	}
+	if s.MemhpAutoMovableRatio != "" {
+		args = append(args, "-memhp-auto-movable-ratio", s.MemhpAutoMovableRatio)
+	}
+	args = append(args, "-vmspec", spec, "-vmstatus", status, "-cpu-scaling-mode", string(mode))
+	if vm.Spec.Guest.AppendKernelCmdline != nil && *vm.Spec.Guest.AppendKernelCmdline != "" {
+		args = append(args, "-appendKernelCmdline="+*vm.Spec.Guest.AppendKernelCmdline)
+	}
+	return args, nil
+}
+
+func affinity(vm *vmv1.VirtualMachine) *corev1.Affinity {
+	a := &corev1.Affinity{}
+	if vm.Spec.Affinity != nil {
+		a = vm.Spec.Affinity.DeepCopy()
+	}
+	reqs := []corev1.NodeSelectorRequirement{{Key: "kubernetes.io/os", Operator: corev1.NodeSelectorOpIn, Values: []string{"linux"}}}
+	if vm.Spec.TargetArchitecture != nil {
+		reqs = append(reqs, corev1.NodeSelectorRequirement{Key: "kubernetes.io/arch", Operator: corev1.NodeSelectorOpIn, Values: []string{string(*vm.Spec.TargetArchitecture)}})
+	}
+	if a.NodeAffinity == nil {
+		a.NodeAffinity = &corev1.NodeAffinity{}
+	}
+	if a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
+		a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution = &corev1.NodeSelector{}
+	}
+	terms := &a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
+	if len(*terms) == 0 {
+		*terms = []corev1.NodeSelectorTerm{{}}
+	}
+	// Terms are ORed: every one must carry the requirements.
+	for i := range *terms {
+		(*terms)[i].MatchExpressions = append((*terms)[i].MatchExpressions, reqs...)
+	}
+	return a
+}
+
+func tolerations(vmTolerations []corev1.Toleration) []corev1.Toleration {
+	out := append([]corev1.Toleration{}, vmTolerations...)
+	for _, key := range []string{"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"} {
+		out = append(out, corev1.Toleration{Key: key, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute, TolerationSeconds: ptr.To[int64](notReadyTolerationSecond)})
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out
+}
+
+func port(p, def int32) int32 {
+	if p == 0 {
+		return def
+	}
+	return p
+}
+
+func boolOr(b *bool, def bool) bool {
+	if b == nil {
+		return def
+	}
+	return *b
+}
