@@ -24,7 +24,7 @@ func main() {
 		vmspec, vmstatus, cpuMode, ratio, diskCache, appendCmdline    string
 		kernel, initrd, imagesDir, mountsDir, rootDisk, runDir        string
 		accel, qmpHost, httpAddr, forwards, tap, qemuPath, daemonAddr string
-		useVirtioConsole, skipCgroup                                  bool
+		useVirtioConsole, skipCgroup, podNetwork                      bool
 	)
 	flag.StringVar(&vmspec, "vmspec", "", "the VirtualMachine spec: JSON, gzipped, base64 (required)")
 	flag.StringVar(&vmstatus, "vmstatus", "", "the VirtualMachine status, same encoding (optional)")
@@ -44,7 +44,8 @@ func main() {
 	flag.StringVar(&qmpHost, "qmp-host", "0.0.0.0", "address QMP listens on")
 	flag.StringVar(&httpAddr, "http-addr", "", "runner API address (default :<spec.runnerPort>)")
 	flag.StringVar(&forwards, "forward", "", "user-mode networking forwards, HOSTADDR:PORT=GUESTPORT,... (a local runner; empty: tap)")
-	flag.StringVar(&tap, "tap", "", "tap device for the guest NIC (in a runner pod)")
+	flag.StringVar(&tap, "tap", "", "an existing tap device for the guest NIC")
+	flag.BoolVar(&podNetwork, "pod-network", false, "set up the runner pod's guest network: bridge + tap, DHCP, the guest's ports DNATed from eth0, egress masqueraded")
 	flag.StringVar(&qemuPath, "qemu", "", "QEMU binary (default by architecture)")
 	flag.StringVar(&daemonAddr, "daemon-addr", "169.254.254.254:25183", "neonvm-daemon in the guest, as the runner reaches it (SysfsScaling)")
 	flag.Parse()
@@ -54,7 +55,7 @@ func main() {
 		QEMUPath: qemuPath, Kernel: kernel, Initrd: initrd, Accel: accel, QMPHost: qmpHost,
 		RunDir: runDir, CPUScalingMode: vmv1.CPUScalingMode(cpuMode), MemhpAutoMovableRatio: ratio,
 		UseVirtioConsole: useVirtioConsole, DiskCache: diskCache, AppendKernelCmdline: appendCmdline,
-		TapName: tap, DaemonAddr: daemonAddr, ReceiveMigration: os.Getenv("RECEIVE_MIGRATION") == "true",
+		TapName: tap, PodNetwork: podNetwork, DaemonAddr: daemonAddr, ReceiveMigration: os.Getenv("RECEIVE_MIGRATION") == "true",
 		PodName: os.Getenv("K8S_POD_NAME"), Log: log,
 		Dirs: runner.Dirs{Images: imagesDir, Mounts: mountsDir, BaseRootDisk: rootDisk},
 	}, vmspec, httpAddr, forwards); err != nil {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
@@ -43,6 +44,10 @@ type Config struct {
 	// local process); TapName attaches the guest to a tap device instead.
 	Forwards []qemu.Forward
 	TapName  string
+	// PodNetwork sets up the runner pod's guest network (bridge, tap,
+	// DHCP, DNAT of the guest's ports from eth0) and attaches the guest
+	// to it; it overrides TapName and Forwards.
+	PodNetwork bool
 
 	// DaemonAddr is neonvm-daemon's host:port as the runner reaches it
 	// (169.254.254.254:25183 on the pod's tap network).
@@ -89,6 +94,28 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.RunDir, 0o755); err != nil {
 		return err
 	}
+	if cfg.PodNetwork {
+		var ports []int
+		for _, p := range spec.Guest.Ports {
+			if p.Protocol != vmv1.ProtocolUDP {
+				ports = append(ports, p.Port)
+			}
+		}
+		pn := DefaultPodNetwork(ports)
+		if err := pn.Setup(ctx); err != nil {
+			return err
+		}
+		dhcp := pn.DHCPCommand()
+		dnsmasq := exec.Command(dhcp[0], dhcp[1:]...)
+		dnsmasq.Stdout, dnsmasq.Stderr = os.Stderr, os.Stderr
+		dnsmasq.SysProcAttr = diesWithRunner()
+		if err := dnsmasq.Start(); err != nil {
+			return fmt.Errorf("start the guest's DHCP server: %w", err)
+		}
+		defer func() { _ = dnsmasq.Process.Kill(); _ = dnsmasq.Wait() }()
+		cfg.TapName, cfg.Forwards = pn.Tap, nil
+		log.Info("pod network ready", "bridge", pn.Bridge, "tap", pn.Tap, "guest", PodNetGuestIP, "ports", pn.Ports)
+	}
 	sigtermSock := filepath.Join(cfg.RunDir, SigtermSocket)
 	mode := cfg.CPUScalingMode
 	if mode == "" {
@@ -121,6 +148,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	proc := exec.Command(qpath, cmd.Args...)
 	proc.Stdout, proc.Stderr = os.Stdout, os.Stderr
+	proc.SysProcAttr = diesWithRunner()
 	if err := proc.Start(); err != nil {
 		return fmt.Errorf("start QEMU: %w", err)
 	}
@@ -209,6 +237,14 @@ func powerdown(sock string) error {
 	}
 	defer c.Close()
 	return c.SystemPowerdown(ctx)
+}
+
+// diesWithRunner makes a child get SIGKILL when the runner dies, however it
+// dies: a QEMU left behind would hold the guest's disks and ports. (dnsmasq
+// drops privileges, which clears the signal; in a pod it dies with the
+// container, and the runner stops it on every exit it sees.)
+func diesWithRunner() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
 
 func exists(p string) bool {

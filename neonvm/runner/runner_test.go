@@ -153,3 +153,29 @@ func TestAPI(t *testing.T) {
 		t.Fatalf("GET /cpu_change = %d; want 405", resp.StatusCode)
 	}
 }
+
+func TestPodNetworkCommands(t *testing.T) {
+	n := DefaultPodNetwork([]int{5432, 9100})
+	if fmt.Sprint(n.Ports) != "[5432 9100 10301]" {
+		t.Fatalf("ports %v", n.Ports)
+	}
+	var all []string
+	for _, c := range n.Commands() {
+		all = append(all, strings.Join(c, " "))
+	}
+	joined := strings.Join(all, "\n")
+	for _, want := range []string{
+		"ip addr add 169.254.254.253/30 dev br-def",
+		"ip link set tap-def master br-def",
+		"iptables -t nat -A POSTROUTING -s 169.254.254.254/32 ! -d 169.254.254.252/30 -j MASQUERADE",
+		"iptables -t nat -A PREROUTING -i eth0 -p tcp --dport 5432 -j DNAT --to-destination 169.254.254.254:5432",
+		"iptables -t nat -A PREROUTING -i eth0 -p tcp --dport 10301 -j DNAT --to-destination 169.254.254.254:10301",
+	} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("missing %q in\n%s", want, joined)
+		}
+	}
+	if !strings.Contains(strings.Join(n.DHCPCommand(), " "), "--dhcp-range=169.254.254.254,169.254.254.254,255.255.255.252,infinite") {
+		t.Errorf("dhcp %v", n.DHCPCommand())
+	}
+}

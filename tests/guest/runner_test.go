@@ -83,12 +83,14 @@ func startRunner(t *testing.T, spec vmv1.VirtualMachineSpec, extra ...string) *r
 	}, extra...)
 	p.cmd = exec.Command(buildRunner(t), args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	// Its own process group, so a failed test stops QEMU and dnsmasq too.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() { p.exited <- p.cmd.Wait() }()
 	t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		if t.Failed() {
 			t.Logf("runner output:\n%s", p.out.String())
 		}

@@ -1,0 +1,87 @@
+package runner
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// PodNetwork is the guest's network inside a runner pod (spec/neonvm.md §3):
+// a bridge and tap on a /30 link-local net (runner .253, guest .254), the
+// guest's address by DHCP, its ports DNATed from the pod interface (so
+// clients reach the guest on the pod IP, keeping their own address), and
+// its outbound traffic masqueraded behind the pod IP.
+type PodNetwork struct {
+	PodInterface string // eth0
+	Bridge       string // br-def
+	Tap          string // tap-def
+	// Ports are the guest TCP ports reachable on the pod IP.
+	Ports []int
+}
+
+// Addresses of the pod network's /30.
+const (
+	PodNetBridgeIP = "169.254.254.253"
+	PodNetGuestIP  = "169.254.254.254"
+	PodNetCIDR     = "169.254.254.252/30"
+	PodNetMask     = "255.255.255.252"
+	// DaemonPort is neonvm-daemon's port in the guest.
+	DaemonPort = 25183
+)
+
+// DefaultPodNetwork is the network for a guest exposing ports: the spec's,
+// plus the metrics exporter (9100) and the vm-monitor (10301).
+func DefaultPodNetwork(guestPorts []int) PodNetwork {
+	set := map[int]bool{9100: true, 10301: true}
+	for _, p := range guestPorts {
+		set[p] = true
+	}
+	ports := make([]int, 0, len(set))
+	for p := range set {
+		ports = append(ports, p)
+	}
+	sort.Ints(ports)
+	return PodNetwork{PodInterface: "eth0", Bridge: "br-def", Tap: "tap-def", Ports: ports}
+}
+
+// Commands are the ip, sysctl and iptables commands that set the network
+// up, in order.
+func (n PodNetwork) Commands() [][]string {
+	cmds := [][]string{
+		{"ip", "link", "add", n.Bridge, "type", "bridge"},
+		{"ip", "addr", "add", PodNetBridgeIP + "/30", "dev", n.Bridge},
+		{"ip", "link", "set", n.Bridge, "up"},
+		{"ip", "tuntap", "add", "dev", n.Tap, "mode", "tap"},
+		{"ip", "link", "set", n.Tap, "master", n.Bridge},
+		{"ip", "link", "set", n.Tap, "up"},
+		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
+		{"iptables", "-t", "nat", "-A", "POSTROUTING", "-s", PodNetGuestIP + "/32", "!", "-d", PodNetCIDR, "-j", "MASQUERADE"},
+	}
+	for _, p := range n.Ports {
+		cmds = append(cmds, []string{"iptables", "-t", "nat", "-A", "PREROUTING", "-i", n.PodInterface, "-p", "tcp",
+			"--dport", strconv.Itoa(p), "-j", "DNAT", "--to-destination", PodNetGuestIP + ":" + strconv.Itoa(p)})
+	}
+	return cmds
+}
+
+// DHCPCommand is dnsmasq serving the guest its one address (no DNS).
+func (n PodNetwork) DHCPCommand() []string {
+	return []string{"dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--port=0",
+		"--interface=" + n.Bridge, "--bind-interfaces", "--except-interface=lo",
+		"--dhcp-range=" + PodNetGuestIP + "," + PodNetGuestIP + "," + PodNetMask + ",infinite",
+		"--dhcp-option=option:router," + PodNetBridgeIP, "--dhcp-authoritative", "--log-dhcp",
+		"--pid-file=", "--dhcp-leasefile=/dev/null"}
+}
+
+// Setup runs Commands, stopping at the first failure.
+func (n PodNetwork) Setup(ctx context.Context) error {
+	for _, c := range n.Commands() {
+		if out, err := exec.CommandContext(ctx, c[0], c[1:]...).CombinedOutput(); err != nil {
+			return fmt.Errorf("pod network: %s: %w: %s", strings.Join(c, " "), err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
+}
