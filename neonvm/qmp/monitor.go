@@ -162,11 +162,6 @@ func (m *socketMonitor) run(ctx context.Context, command []byte) ([]byte, error)
 		return nil, fmt.Errorf("connection closed: %v", m.readErr)
 	default:
 	}
-	// Drop a late reply to a command whose caller gave up.
-	select {
-	case <-m.replies:
-	default:
-	}
 	if _, err := m.conn.Write(append(command, '\n')); err != nil {
 		return nil, err
 	}

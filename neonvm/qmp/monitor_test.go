@@ -59,11 +59,13 @@ func TestGreetingMustBeQMP(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
+	done := make(chan struct{})
+	defer close(done)
 	go func() {
 		c, err := l.Accept()
 		if err == nil {
 			c.Write([]byte("SSH-2.0-OpenSSH\r\n"))
-			time.Sleep(time.Second)
+			<-done
 			c.Close()
 		}
 	}()

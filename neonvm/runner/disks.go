@@ -106,10 +106,7 @@ func emptyDisk(ctx context.Context, dir string, disk vmv1.Disk) (string, error) 
 	}
 	raw := out + ".raw"
 	defer os.Remove(raw)
-	if err := os.WriteFile(raw, nil, 0o644); err != nil {
-		return "", err
-	}
-	if err := os.Truncate(raw, size); err != nil {
+	if err := sparseFile(raw, size); err != nil {
 		return "", err
 	}
 	args := []string{"-q", "-F", "-L", disk.Name, "-b", "4096"}
@@ -129,16 +126,21 @@ func swapDisk(ctx context.Context, dir string, size int64) (string, error) {
 	out := filepath.Join(dir, "swapdisk.qcow2")
 	raw := out + ".raw"
 	defer os.Remove(raw)
-	if err := os.WriteFile(raw, nil, 0o644); err != nil {
-		return "", err
-	}
-	if err := os.Truncate(raw, size); err != nil {
+	if err := sparseFile(raw, size); err != nil {
 		return "", err
 	}
 	if err := run(ctx, "mkswap", "-L", "swapdisk", raw); err != nil {
 		return "", err
 	}
 	return out, run(ctx, "qemu-img", "convert", "-q", "-O", "qcow2", raw, out)
+}
+
+// sparseFile creates an empty file of size bytes, taking no disk space.
+func sparseFile(path string, size int64) error {
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		return err
+	}
+	return os.Truncate(path, size)
 }
 
 // runtimeISO writes the runtime disk (label vmruntime): sysctl.conf,

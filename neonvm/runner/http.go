@@ -49,6 +49,22 @@ func NewAPI(spec *vmv1.VirtualMachineSpec, mode vmv1.CPUScalingMode, ready func(
 		daemon: "http://" + daemonAddr, client: &http.Client{Timeout: 5 * time.Second}}
 }
 
+// checkReady is ready, and in SysfsScaling mode also neonvm-daemon
+// answering (the runner can do nothing for the guest's CPUs without it).
+func (a *API) checkReady(ctx context.Context) error {
+	if a.ready != nil {
+		if err := a.ready(ctx); err != nil {
+			return err
+		}
+	}
+	if a.mode == vmv1.CPUScalingModeSysfs {
+		if _, err := a.daemonCPU(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // daemonCPU asks neonvm-daemon for the online CPUs, in milli-CPUs.
 func (a *API) daemonCPU(ctx context.Context) (vmv1.MilliCPU, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.daemon+"/cpu", nil)
@@ -87,7 +103,7 @@ func (a *API) Handler() http.Handler {
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 4*time.Second)
 		defer cancel()
-		if err := a.ready(ctx); err != nil {
+		if err := a.checkReady(ctx); err != nil {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}

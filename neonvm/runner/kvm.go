@@ -57,11 +57,11 @@ func ChooseAccel(ctx context.Context, want, qemuPath, kernel string) (qemu.Accel
 	case "tcg":
 		return qemu.AccelTCG, "TCG requested"
 	}
-	if ok, why := ProbeKVM(ctx, qemuPath, kernel, 10*time.Second); ok {
+	ok, why := ProbeKVM(ctx, qemuPath, kernel, 10*time.Second)
+	if ok {
 		return qemu.AccelKVM, why
-	} else {
-		return qemu.AccelTCG, why
 	}
+	return qemu.AccelTCG, why
 }
 
 func lastLine(s string) string {

@@ -158,19 +158,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	apiCtx, stopAPI := context.WithCancel(context.Background())
 	defer stopAPI()
-	var api *API
-	api = NewAPI(spec, mode, func(ctx context.Context) error {
-		if err := guestRunning(ctx, sigtermSock); err != nil {
-			return err
-		}
-		if mode == vmv1.CPUScalingModeSysfs {
-			// In Sysfs mode the runner is ready when neonvm-daemon answers.
-			if _, err := api.daemonCPU(ctx); err != nil {
-				return err
-			}
-		}
-		return nil
-	}, cfg.DaemonAddr)
+	api := NewAPI(spec, mode, func(ctx context.Context) error { return guestRunning(ctx, sigtermSock) }, cfg.DaemonAddr)
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- api.Serve(apiCtx, cfg.HTTPAddr) }()
 

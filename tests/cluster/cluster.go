@@ -53,16 +53,20 @@ func Kubeconfig(t testing.TB) string {
 	return path
 }
 
+// cacheDir is the project's cache folder, as hack/lib/common.sh sets it.
+func cacheDir() string {
+	if cache := os.Getenv("VMSCALE_CACHE"); cache != "" {
+		return cache
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".cache", "vmscale")
+}
+
 // binDir is where cluster.sh recorded the Kubernetes binaries it uses.
 func binDir() (string, error) {
 	dir := os.Getenv("VMSCALE_CLUSTER_DIR")
 	if dir == "" {
-		cache := os.Getenv("VMSCALE_CACHE")
-		if cache == "" {
-			home, _ := os.UserHomeDir()
-			cache = filepath.Join(home, ".cache", "vmscale")
-		}
-		dir = filepath.Join(cache, "local-cluster")
+		dir = filepath.Join(cacheDir(), "local-cluster")
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "bin"))
 	if err != nil {
@@ -101,11 +105,7 @@ func TryKubectl(kubeconfig string, args ...string) (string, error) {
 // short name (as `make images` lists it).
 func Image(t testing.TB, name string) string {
 	t.Helper()
-	cache := os.Getenv("VMSCALE_CACHE")
-	if cache == "" {
-		home, _ := os.UserHomeDir()
-		cache = filepath.Join(home, ".cache", "vmscale")
-	}
+	cache := cacheDir()
 	index, err := os.ReadFile(filepath.Join(cache, "images", "images.txt"))
 	if err != nil {
 		t.Fatalf("no image index (make images): %v", err)

@@ -136,6 +136,5 @@ func TestRunnerPodNetwork(t *testing.T) {
 }
 
 func execIn(runDir, command string) (string, error) {
-	p := &runnerProc{run: runDir}
-	return p.exec(nil, command)
+	return (&runnerProc{run: runDir}).exec(command)
 }

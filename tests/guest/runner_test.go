@@ -120,7 +120,22 @@ func (p *runnerProc) post(path, body string) (int, string, error) {
 	return resp.StatusCode, string(b), nil
 }
 
-func (p *runnerProc) exec(t *testing.T, command string) (string, error) {
+// waitReady polls the runner's /ready until it answers 200.
+func (p *runnerProc) waitReady(t *testing.T, what string) {
+	t.Helper()
+	poll(t, bootTimeout, what, func() error {
+		code, body, err := p.get("/ready")
+		if err != nil {
+			return err
+		}
+		if code != 200 {
+			return fmt.Errorf("%d %s", code, body)
+		}
+		return nil
+	})
+}
+
+func (p *runnerProc) exec(command string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	r, err := guestexec.Exec(ctx, filepath.Join(p.run, runner.ExecSocket), command)
@@ -138,21 +153,12 @@ func (p *runnerProc) exec(t *testing.T, command string) (string, error) {
 // runner API answers, and SIGTERM powers the guest off cleanly.
 func TestRunnerRunsTheGuest(t *testing.T) {
 	p := startRunner(t, testSpec())
-	poll(t, bootTimeout, "runner /ready", func() error {
-		code, body, err := p.get("/ready")
-		if err != nil {
-			return err
-		}
-		if code != 200 {
-			return fmt.Errorf("%d %s", code, body)
-		}
-		return nil
-	})
+	p.waitReady(t, "runner /ready")
 	poll(t, bootTimeout, "Postgres in the guest", func() error {
-		_, err := p.exec(t, "/usr/lib/postgresql/15/bin/pg_isready -q -h 127.0.0.1")
+		_, err := p.exec("/usr/lib/postgresql/15/bin/pg_isready -q -h 127.0.0.1")
 		return err
 	})
-	out, err := p.exec(t, "df -k /scratch | tail -1; grep -c ' /cache tmpfs' /proc/mounts; cat /sys/block/vda/size")
+	out, err := p.exec("df -k /scratch | tail -1; grep -c ' /cache tmpfs' /proc/mounts; cat /sys/block/vda/size")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,16 +285,7 @@ func TestRunnerSysfsScaling(t *testing.T) {
 	p := startRunner(t, spec, "-cpu-scaling-mode", "SysfsScaling",
 		"-forward", fmt.Sprintf("127.0.0.1:%d=25183", daemonPort),
 		"-daemon-addr", fmt.Sprintf("127.0.0.1:%d", daemonPort))
-	poll(t, bootTimeout, "runner /ready (QEMU and neonvm-daemon)", func() error {
-		code, body, err := p.get("/ready")
-		if err != nil {
-			return err
-		}
-		if code != 200 {
-			return fmt.Errorf("%d %s", code, body)
-		}
-		return nil
-	})
+	p.waitReady(t, "runner /ready (QEMU and neonvm-daemon)")
 	if _, body, _ := p.get("/cpu_current"); strings.TrimSpace(body) != `{"VCPUs":1}` {
 		t.Fatalf("/cpu_current at boot = %s; want 1 (kernel maxcpus=1)", body)
 	}
@@ -300,7 +297,7 @@ func TestRunnerSysfsScaling(t *testing.T) {
 			if code, body, err := p.post("/cpu_change", step.body); err != nil || code != 200 {
 				t.Fatalf("cycle %d: /cpu_change %s = %d %s %v", cycle, step.body, code, body, err)
 			}
-			out, err := p.exec(t, "cat /sys/devices/system/cpu/online")
+			out, err := p.exec("cat /sys/devices/system/cpu/online")
 			if err != nil || strings.TrimSpace(out) != step.online {
 				t.Fatalf("cycle %d: guest online CPUs %q, %v; want %s", cycle, out, err, step.online)
 			}

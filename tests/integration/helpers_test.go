@@ -140,5 +140,3 @@ func getUnstructured(t *testing.T, like *unstructured.Unstructured, ns, name str
 	}
 	return got
 }
-
-func dryRunAll() client.CreateOption { return client.DryRunAll }

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/podspec"
 )
@@ -37,7 +39,7 @@ func TestRunnerPodsPassAPIServerValidation(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if err := k8sClient.Create(context.Background(), pod, dryRunAll()); err != nil {
+				if err := k8sClient.Create(context.Background(), pod, client.DryRunAll); err != nil {
 					t.Errorf("%s (target=%v): the apiserver rejects the runner pod: %v", filepath.Base(f), target, err)
 				}
 				n++
