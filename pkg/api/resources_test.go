@@ -34,8 +34,8 @@ func readVector(t *testing.T, rel string) []byte {
 }
 
 type roundtrip struct {
-	Input    string `json:"input"`
-	Output   string `json:"output"`
+	Input    string  `json:"input"`
+	Output   string  `json:"output"`
 	MemBytes *uint64 `json:"memBytes"`
 	MilliCPU *uint32 `json:"milliCPU"`
 }

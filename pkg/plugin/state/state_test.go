@@ -53,7 +53,7 @@ func TestGrantRule(t *testing.T) {
 		{name: "mixed: cpu down, mem up", reserved: res(1000, 4*gi), request: res(500, 6*gi), want: res(500, 6*gi)},
 		{name: "overcommit 2x doubles the room",
 			other: res(3500, 15*gi), reserved: res(250, gi), request: res(2000, 4*gi),
-			oc:   Overcommit{CPU: 2000, Mem: 2000},
+			oc: Overcommit{CPU: 2000, Mem: 2000},
 			// the pod counts for half: node 3500+125 of 4000 → 375 free → 750m room → 3 units;
 			// mem 15Gi + 0.5Gi → 0.5Gi free → 1Gi room → 1 unit
 			want: res(1000, 2*gi)},
