@@ -462,3 +462,14 @@ func OnNode(p Pod) api.Resources {
 	c := p.onNode()
 	return api.Resources{VCPU: vmv1.MilliCPU(min(c.cpu, math.MaxUint32)), Mem: api.Bytes(c.mem)}
 }
+
+// FitsIn reports whether pods plus candidate fit in total: Filter's test,
+// against the scheduler's own view of a node.
+func FitsIn(total api.Resources, pods []Pod, candidate Pod) bool {
+	var sum amounts
+	for i := range pods {
+		sum = sum.add(pods[i].onNode())
+	}
+	sum = sum.add(candidate.onNode())
+	return sum.cpu <= uint64(total.VCPU) && sum.mem <= uint64(total.Mem)
+}
