@@ -166,7 +166,9 @@ func request(pod string, want api.Resources, last *api.Resources) *api.AgentRequ
 	return &api.AgentRequest{ProtoVersion: 7, Pod: api.PodRef{Namespace: "ns", Name: pod}, ComputeUnit: &u, Resources: want, LastPermit: last}
 }
 
-func r(milli uint32, mem api.Bytes) api.Resources { return api.Resources{VCPU: vmv1.MilliCPU(milli), Mem: mem} }
+func r(milli uint32, mem api.Bytes) api.Resources {
+	return api.Resources{VCPU: vmv1.MilliCPU(milli), Mem: mem}
+}
 
 func (f *fixture) annotations(vm string) map[string]string {
 	f.fc.mu.Lock()
