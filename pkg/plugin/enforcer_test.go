@@ -199,6 +199,9 @@ func TestPermitFlowGrantsAndRecords(t *testing.T) {
 	if el := time.Since(start); el > 500*time.Millisecond {
 		t.Fatalf("a grantable upscale took %s (the 1 s wait should end on the decision)", el)
 	}
+	if f.fc.patches != 1 {
+		t.Fatalf("an upscale took %d VM writes, want 1 (request and approval together)", f.fc.patches)
+	}
 	ann := f.annotations("a")
 	if ann[vmpod.RequestedAnnotation] != `{"vCPUs":2,"mem":"8Gi"}` || ann[vmpod.ApprovedAnnotation] != `{"vCPUs":2,"mem":"8Gi"}` ||
 		ann[vmpod.ScalingUnitAnnotation] != `{"vCPUs":"250m","mem":"1Gi"}` {
@@ -323,14 +326,16 @@ func TestPermitErrors(t *testing.T) {
 	}
 }
 
-// With approvals never processed (no workers), the agent waits the full
-// second and gets 500.
+// With the approval never written (another write stays in flight), the
+// agent waits the full second and gets 500.
 func TestPermitTimesOut(t *testing.T) {
 	f := newFixture(t, false)
 	f.node("n", 4000, 16*gi)
 	f.vm("a", "n", 1000, 4, nil)
 	f.e.mu.Lock()
-	f.e.ready = true // ready, but no worker decides anything
+	f.e.ready = true // ready, but no worker runs and a write is in flight
+	stuck := r(1000, 4*gi)
+	f.e.vms[vmKey{"ns", "a"}].inflight = &stuck
 	f.e.mu.Unlock()
 	start := time.Now()
 	_, err := f.e.Permit(context.Background(), request("a-pod", r(2000, 8*gi), nil))

@@ -331,3 +331,24 @@ func MigrationFor(namespace, vmName, podName string) *vmv1.VirtualMachineMigrati
 		},
 	}
 }
+
+// RequestApprovalPatch records an agent's request and the approval decided
+// for it in one write, guarded by tests that the scaling unit and request
+// the decision started from are still the VM's.
+func RequestApprovalPatch(vm *VM, unit, requested, approved api.Resources) []Op {
+	ops := ensureAnnotations(vm)
+	ops = append(ops,
+		Op{Op: "test", Path: annotationPath(ScalingUnitAnnotation), Value: rawOrNil(vm.HasScalingUnit, vm.RawScalingUnit)},
+		Op{Op: "test", Path: annotationPath(RequestedAnnotation), Value: rawOrNil(vm.HasRequested, vm.RawRequested)},
+	)
+	if vm.ScalingUnit == nil || *vm.ScalingUnit != unit {
+		ops = append(ops, setOp(vm.HasScalingUnit, ScalingUnitAnnotation, encode(unit)))
+	}
+	if vm.Requested == nil || *vm.Requested != requested {
+		ops = append(ops, setOp(vm.HasRequested, RequestedAnnotation, encode(requested)))
+	}
+	if vm.Approved == nil || *vm.Approved != approved {
+		ops = append(ops, setOp(vm.HasApproved, ApprovedAnnotation, encode(approved)))
+	}
+	return ops
+}
