@@ -6,6 +6,7 @@ import (
 	"math/rand"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -39,6 +40,9 @@ func TestPermitThroughput(t *testing.T) {
 	phase := 10 * time.Second
 	if os.Getenv("VMSCALE_PLUGIN_BENCH") == "small" {
 		nodes, vmsPerNode, agents, phase = 2, 4, 2, 2*time.Second
+	}
+	if a, err := strconv.Atoi(os.Getenv("VMSCALE_PLUGIN_BENCH_AGENTS")); err == nil && a > 0 {
+		agents = a
 	}
 	sched := startScheduler(t)
 	ns := newNamespace(t, "plugin-bench")
@@ -123,6 +127,41 @@ func TestPermitThroughput(t *testing.T) {
 			}
 		}
 		report(t, "one JSON patch of a %T, sequential: mean %s", target, (time.Since(t0) / k).Round(10*time.Microsecond))
+	}
+	// The apiserver's ceiling for such writes here: agents writers patching
+	// distinct VMs (and, for comparison, their pods) as fast as they can,
+	// with no plugin involved.
+	for _, kind := range []string{"VirtualMachine", "Pod"} {
+		var count int64
+		var mu sync.Mutex
+		deadline := time.Now().Add(phase / 2)
+		var wg sync.WaitGroup
+		for w := 0; w < agents; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				var obj client.Object = &vmv1.VirtualMachine{}
+				name := fmt.Sprintf("vm-%04d", w%n)
+				if kind == "Pod" {
+					obj, name = &corev1.Pod{}, name+"-runner"
+				}
+				obj.SetNamespace(ns)
+				obj.SetName(name)
+				c := int64(0)
+				for j := 0; time.Now().Before(deadline); j++ {
+					patch := client.RawPatch("application/json-patch+json",
+						[]byte(fmt.Sprintf(`[{"op":"add","path":"/metadata/annotations/bench","value":"%d"}]`, j)))
+					if err := k8sClient.Patch(context.Background(), obj, patch); err == nil {
+						c++
+					}
+				}
+				mu.Lock()
+				count += c
+				mu.Unlock()
+			}(w)
+		}
+		wg.Wait()
+		report(t, "apiserver ceiling: %d concurrent %s patches: %.0f writes/s", agents, kind, float64(count)/(phase/2).Seconds())
 	}
 	run := func(name string, upscaleShare float64) {
 		patchesBefore := patchStats(t, sched)
