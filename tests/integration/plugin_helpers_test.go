@@ -16,10 +16,15 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -93,7 +98,7 @@ func schedulerConfig(t *testing.T, permitPort, metricsPort int) string {
 	args["permitAddr"] = fmt.Sprintf("127.0.0.1:%d", permitPort)
 	args["metricsAddr"] = fmt.Sprintf("127.0.0.1:%d", metricsPort)
 	args["scoring"].(map[string]any)["randomize"] = false
-	cfg["clientConnection"] = map[string]any{"kubeconfig": adminKubeconfig(t), "qps": 500, "burst": 1000}
+	cfg["clientConnection"] = map[string]any{"kubeconfig": schedulerKubeconfig(t), "qps": 500, "burst": 1000}
 	profile := cfg["profiles"].([]any)[0].(map[string]any)
 	profile["pluginConfig"] = []any{map[string]any{"name": "AutoscaleEnforcer", "args": args}}
 	out, err := yaml.Marshal(cfg)
@@ -102,6 +107,38 @@ func schedulerConfig(t *testing.T, permitPort, metricsPort int) string {
 	}
 	path := filepath.Join(t.TempDir(), "scheduler-config.yaml")
 	if err := os.WriteFile(path, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// schedulerKubeconfig applies the shipped RBAC (config/scheduler/rbac.yaml)
+// and returns a kubeconfig with a token of its ServiceAccount, so the
+// scheduler runs with exactly the permissions it is deployed with.
+func schedulerKubeconfig(t *testing.T) string {
+	t.Helper()
+	ctx := context.Background()
+	for _, obj := range readManifests(t, filepath.Join(repoRoot, "config", "scheduler", "rbac.yaml")) {
+		if err := k8sClient.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatalf("apply %s %s: %v", obj.GetKind(), obj.GetName(), err)
+		}
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := cs.CoreV1().ServiceAccounts("kube-system").CreateToken(ctx, "autoscale-scheduler",
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To(int64(3600))}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token for the autoscale-scheduler ServiceAccount: %v", err)
+	}
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
+	kc.AuthInfos["autoscale-scheduler"] = &clientcmdapi.AuthInfo{Token: tok.Status.Token}
+	kc.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "autoscale-scheduler"}
+	kc.CurrentContext = "test"
+	path := filepath.Join(t.TempDir(), "scheduler.kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
 		t.Fatal(err)
 	}
 	return path
