@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
@@ -87,8 +88,10 @@ func NewEnforcer(cfg config.Config, log logr.Logger, clk clock.WithTicker, clien
 		pods:       map[state.PodKey]*vmpod.Pod{},
 		vms:        map[vmKey]*vmEntry{},
 		nodeLabels: map[string]map[string]string{},
+		// A failed key is retried after patchRetryWait, doubling up to a
+		// minute while it keeps failing.
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
-			workqueue.DefaultTypedControllerRateLimiter[string](),
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](cfg.PatchRetryWait(), time.Minute),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "autoscale_enforcer", Clock: clk}),
 	}
 	if metrics != nil {

@@ -64,8 +64,14 @@ func (e *Enforcer) processNext(ctx context.Context) bool {
 		err = e.deleteMigration(ctx, ns, name)
 	}
 	if err != nil {
-		e.log.Error(err, "reconcile failed; retrying", "key", key)
-		e.queue.AddAfter(key, e.cfg.PatchRetryWait())
+		// Transient failures (a conflict, a slow apiserver) are routine;
+		// only a run of them is worth an operator's attention.
+		if n := e.queue.NumRequeues(key) + 1; n >= e.cfg.LogSuccessiveFailuresThreshold {
+			e.log.Error(err, "reconcile keeps failing; retrying with backoff", "key", key, "failures", n)
+		} else {
+			e.log.V(2).Info("reconcile failed; retrying", "key", key, "failures", n, "error", err.Error())
+		}
+		e.queue.AddRateLimited(key)
 		return true
 	}
 	e.queue.Forget(key)
