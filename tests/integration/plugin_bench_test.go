@@ -45,7 +45,7 @@ func TestPermitThroughput(t *testing.T) {
 		agents = a
 	}
 	sched := startScheduler(t)
-	ns := newNamespace(t, "plugin-bench")
+	ns := newNamespace(t, fresh("plugin-bench"))
 	t.Cleanup(func() { deleteAllIn(t, ns) })
 
 	start := time.Now()

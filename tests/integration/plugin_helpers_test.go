@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -373,3 +374,12 @@ func ignoreNotFound(err error) error {
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+var freshCount atomic.Int32
+
+// fresh makes a namespace name unique within the test process: envtest runs
+// no namespace controller, so a deleted namespace stays Terminating and a
+// repeated run (-count) could not reuse its name.
+func fresh(prefix string) string {
+	return fmt.Sprintf("%s-%d", prefix, freshCount.Add(1))
+}

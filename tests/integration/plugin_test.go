@@ -33,7 +33,7 @@ func TestAutoscaleScheduler(t *testing.T) {
 	sched := startScheduler(t)
 
 	t.Run("placement", func(t *testing.T) {
-		ns := newNamespace(t, "plugin-placement")
+		ns := newNamespace(t, fresh("plugin-placement"))
 		t.Cleanup(func() { deleteAllIn(t, ns) })
 		createNode(t, "place-1", "place", "2", "8Gi")
 		createNode(t, "place-2", "place", "2", "8Gi")
@@ -92,7 +92,7 @@ func TestAutoscaleScheduler(t *testing.T) {
 		}
 	})
 
-	ns := newNamespace(t, "plugin-permit")
+	ns := newNamespace(t, fresh("plugin-permit"))
 	t.Cleanup(func() { deleteAllIn(t, ns) })
 	createNode(t, "permit-1", "permit", "2", "8Gi")
 	createVM(t, ns, "a", "permit", 500, 2, nil)
@@ -211,7 +211,7 @@ func TestAutoscaleScheduler(t *testing.T) {
 	})
 
 	t.Run("concurrent agents", func(t *testing.T) {
-		cns := newNamespace(t, "plugin-concurrent")
+		cns := newNamespace(t, fresh("plugin-concurrent"))
 		t.Cleanup(func() { deleteAllIn(t, cns) })
 		createNode(t, "busy-1", "busy", "4", "16Gi")
 		const n = 8
@@ -282,7 +282,7 @@ func TestAutoscaleScheduler(t *testing.T) {
 	})
 
 	t.Run("watermark migration", func(t *testing.T) {
-		mns := newNamespace(t, "plugin-migrate")
+		mns := newNamespace(t, fresh("plugin-migrate"))
 		t.Cleanup(func() { deleteAllIn(t, mns) })
 		createNode(t, "full-1", "full", "4", "16Gi")
 		mig := map[string]string{vmpod.AutoMigrationLabel: "true"}
