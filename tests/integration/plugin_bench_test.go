@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -186,9 +187,9 @@ func TestPermitThroughput(t *testing.T) {
 					}
 					last := permits[i]
 					want, kind := last, "steady"
-					// Each VM grows at most 5 units, so every upscale
-					// has room (16 vCPU nodes) and really is a grant.
-					if rng.Float64() < upscaleShare && upscales[i] < 5 {
+					// Each VM grows at most maxUpscales units, so every
+					// upscale has room and really is a grant.
+					if rng.Float64() < upscaleShare && upscales[i] < maxUpscales {
 						want, kind = res(uint32(last.VCPU)+250, last.Mem+gib), "upscale"
 					}
 					body := agentRequest(ns, fmt.Sprintf("vm-%04d-runner", i), want, &last)
@@ -257,14 +258,101 @@ func TestPermitThroughput(t *testing.T) {
 			t.Errorf("%s: %d failed requests: %v", name, failures, reasons)
 		}
 	}
+	// Open loop: requests go out at a fixed rate (to the next VM with no
+	// request in flight), as many independent agents would send them, so
+	// latency is measured at a given load rather than at saturation.
+	runOpen := func(name string, rate int, upscaleShare float64) {
+		patchesBefore := patchStats(t, sched)
+		busy := make([]atomic.Bool, n)
+		var mu sync.Mutex
+		lat := map[string][]time.Duration{}
+		failures, skipped, sent := 0, 0, 0
+		rng := rand.New(rand.NewSource(int64(rate)))
+		var wg sync.WaitGroup
+		t0 := time.Now()
+		next := 0
+		tick := time.NewTicker(2 * time.Millisecond)
+		for now := range tick.C {
+			el := now.Sub(t0)
+			if el >= phase {
+				break
+			}
+			for due := int(el.Seconds() * float64(rate)); sent < due; sent++ {
+				i := -1
+				for k := 0; k < n; k++ {
+					if c := (next + k) % n; !busy[c].Load() {
+						i = c
+						break
+					}
+				}
+				if i < 0 {
+					skipped++
+					continue
+				}
+				next = (i + 1) % n
+				last := permits[i]
+				want, kind := last, "steady"
+				if rng.Float64() < upscaleShare && upscales[i] < maxUpscales {
+					want, kind = res(uint32(last.VCPU)+250, last.Mem+gib), "upscale"
+				}
+				busy[i].Store(true)
+				wg.Add(1)
+				go func(i int, want, last api.Resources, kind string) {
+					defer wg.Done()
+					defer busy[i].Store(false)
+					start := time.Now()
+					reply, err := postPermit(sched.permitURL, agentRequest(ns, fmt.Sprintf("vm-%04d-runner", i), want, &last))
+					d := time.Since(start)
+					mu.Lock()
+					defer mu.Unlock()
+					if err != nil || reply.status != 200 || reply.permit != want {
+						failures++
+						return
+					}
+					permits[i] = reply.permit
+					if kind == "upscale" {
+						upscales[i]++
+					}
+					lat[kind] = append(lat[kind], d)
+				}(i, want, last, kind)
+			}
+		}
+		tick.Stop()
+		wg.Wait()
+		var all []time.Duration
+		for _, v := range lat {
+			all = append(all, v...)
+		}
+		report(t, "%-9s offered %d/s: %6d answered = %6.0f/s  p50 %-8s p99 %-8s failures %d, not sent (all agents busy) %d",
+			name, rate, len(all), float64(len(all))/phase.Seconds(), pct(all, 50), pct(all, 99), failures, skipped)
+		for _, k := range []string{"steady", "upscale"} {
+			if v := lat[k]; len(v) > 0 {
+				report(t, "  %-7s %6d (%5.1f%%)  p50 %-8s p99 %s", k, len(v), 100*float64(len(v))/float64(len(all)), pct(v, 50), pct(v, 99))
+			}
+		}
+		after := patchStats(t, sched)
+		if c := after["request_count"] - patchesBefore["request_count"]; c > 0 {
+			report(t, "  VM patches: %5.0f, mean %s; load average after: %s", c,
+				time.Duration(float64(time.Second)*(after["request_sum"]-patchesBefore["request_sum"])/c).Round(10*time.Microsecond), loadavg())
+		}
+		if failures > 0 {
+			t.Errorf("%s at %d/s: %d failed requests", name, rate, failures)
+		}
+	}
 	run("steady", 0)
 	run("mix80/20", 0.2)
+	runOpen("mix80/20", 500, 0.2)
+	runOpen("mix80/20", 1000, 0.2)
 	run("upscales", 1)
 }
 
+// maxUpscales keeps every upscale a real grant: 10 VMs of 250m/1Gi growing
+// by at most 12 units each fit a 32-vCPU/128Gi node.
+const maxUpscales = 12
+
 func benchNode(name string) error {
 	ctx := context.Background()
-	alloc := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("16"), corev1.ResourceMemory: resource.MustParse("64Gi"),
+	alloc := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("32"), corev1.ResourceMemory: resource.MustParse("128Gi"),
 		corev1.ResourcePods: resource.MustParse("110")}
 	n := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"vmscale-test": "bench", "kubernetes.io/hostname": name,

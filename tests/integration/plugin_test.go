@@ -169,6 +169,13 @@ func TestAutoscaleScheduler(t *testing.T) {
 		if resp != nil {
 			resp.Body.Close()
 		}
+		// Counted by outcome.
+		for outcome, least := range map[string]float64{"bad_request": 5, "not_found": 1, "ok": 3} {
+			v, err := sched.metric(fmt.Sprintf(`vmscale_plugin_permit_requests_total{outcome=%q}`, outcome))
+			if err != nil || v < least {
+				t.Errorf("requests with outcome %s: %v (%v), want at least %v", outcome, v, err, least)
+			}
+		}
 	})
 
 	t.Run("restart", func(t *testing.T) {
