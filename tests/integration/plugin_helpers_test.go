@@ -313,6 +313,12 @@ func createNode(t *testing.T, name, group, cpu, mem string) {
 // vm.neon.tech/resources), and points the VM's status at the pod.
 func createVM(t *testing.T, ns, name, group string, cpu vmv1.MilliCPU, slots int32, labels map[string]string) *corev1.Pod {
 	t.Helper()
+	return createVMWithPod(t, ns, name, name+"-runner", group, cpu, slots, labels)
+}
+
+// createVMWithPod is createVM with the runner pod's name chosen.
+func createVMWithPod(t *testing.T, ns, name, podName, group string, cpu vmv1.MilliCPU, slots int32, labels map[string]string) *corev1.Pod {
+	t.Helper()
 	ctx := context.Background()
 	vm := &vmv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"autoscaling.neon.tech/enabled": "true"}}}
 	for k, v := range labels {
@@ -327,7 +333,7 @@ func createVM(t *testing.T, ns, name, group string, cpu vmv1.MilliCPU, slots int
 	if err := k8sClient.Create(ctx, vm); err != nil {
 		t.Fatalf("create VM %s: %v", name, err)
 	}
-	pod, err := podspec.RunnerPod(vm, name+"-runner", podspec.Settings{RunnerImage: "vmscale/neonvm-runner:dev", DiskCopyCommand: []string{"/disk-copy"}}, false)
+	pod, err := podspec.RunnerPod(vm, podName, podspec.Settings{RunnerImage: "vmscale/neonvm-runner:dev", DiskCopyCommand: []string{"/disk-copy"}}, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -140,6 +141,71 @@ func TestAutoscaleScheduler(t *testing.T) {
 		reply, err = postPermit(sched.permitURL, agentRequest(ns, "b-runner", res(1000, 4*gib), &lastB))
 		if err != nil || reply.status != 200 || reply.permit != lastB {
 			t.Fatalf("b on a full node: %+v %v", reply, err)
+		}
+	})
+
+	t.Run("Neon's request vectors", func(t *testing.T) {
+		// Neon's agent's exact bytes, for the pods they name, answered in
+		// Neon's shape. Their pods live in "default".
+		createNode(t, "vectors-1", "vectors", "8", "32Gi")
+		createVMWithPod(t, "default", "compute-quiet-tree", "compute-quiet-tree-123456-abcde", "vectors", 250, 1, nil)
+		createVMWithPod(t, "default", "p-vm", "p", "vectors", 250, 1, nil)
+		t.Cleanup(func() {
+			ctx := context.Background()
+			for _, o := range []client.Object{
+				&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "compute-quiet-tree-123456-abcde"}},
+				&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "p"}},
+				&vmv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "compute-quiet-tree"}},
+				&vmv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "p-vm"}},
+			} {
+				_ = k8sClient.Delete(ctx, o, client.GracePeriodSeconds(0))
+			}
+		})
+		for _, p := range []string{"compute-quiet-tree-123456-abcde", "p"} {
+			eventually(t, 60*time.Second, p+" bound", func() error {
+				if node, err := podNode("default", p); err != nil || node != "vectors-1" {
+					return fmt.Errorf("%q %v", node, err)
+				}
+				return nil
+			})
+		}
+		dir := filepath.Join(repoRoot, "testdata", "compat", "vectors", "agent-plugin")
+		var bodies []string
+		for _, f := range []string{"AgentRequest-metrics-nil.json", "AgentRequest-lastPermit-nil.json", "AgentRequest-lastPermit-set.json", "AgentRequest-fractional.json"} {
+			raw, err := os.ReadFile(filepath.Join(dir, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			bodies = append(bodies, string(raw))
+		}
+		var alternates []struct{ Input string }
+		raw, err := os.ReadFile(filepath.Join(dir, "AgentRequest-alternate-inputs.roundtrip.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := jsonUnmarshal(string(raw), &alternates); err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range alternates {
+			bodies = append(bodies, a.Input)
+		}
+		for _, body := range bodies {
+			var req api.AgentRequest
+			if err := jsonUnmarshal(body, &req); err != nil {
+				t.Fatal(err)
+			}
+			reply, err := postPermit(sched.permitURL, []byte(body))
+			if err != nil || reply.status != 200 {
+				t.Fatalf("%s: %+v %v", body, reply, err)
+			}
+			var shape map[string]any
+			if err := jsonUnmarshal(reply.body, &shape); err != nil || len(shape) != 1 || shape["permit"] == nil {
+				t.Fatalf("reply %s is not {\"permit\":…}", reply.body)
+			}
+			// The node has room for all of it.
+			if reply.permit != req.Resources {
+				t.Fatalf("%s: permit %v, want %v", body, reply.permit, req.Resources)
+			}
 		}
 	})
 
