@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -32,7 +33,8 @@ import (
 //     one request patch, one approval patch);
 //   - upscales alone.
 //
-// It takes about a minute; set VMSCALE_PLUGIN_BENCH=1 to run it.
+// It takes about two minutes; set VMSCALE_PLUGIN_BENCH=1 to run it. The
+// figures also go to the cache's bench/plugin.txt.
 func TestPermitThroughput(t *testing.T) {
 	if os.Getenv("VMSCALE_PLUGIN_BENCH") == "" {
 		t.Skip("permit benchmark against the real apiserver: set VMSCALE_PLUGIN_BENCH=1 (about a minute)")
@@ -435,11 +437,23 @@ func pct(d []time.Duration, p float64) time.Duration {
 	return s[i].Round(10 * time.Microsecond)
 }
 
+// report logs a figure and appends it to the cache's bench/plugin.txt.
 func report(t *testing.T, format string, args ...any) {
 	t.Helper()
 	line := fmt.Sprintf(format, args...)
 	t.Log(line)
 	fmt.Println("plugin-bench:", line)
+	cache := os.Getenv("VMSCALE_CACHE")
+	if cache == "" {
+		home, _ := os.UserHomeDir()
+		cache = filepath.Join(home, ".cache", "vmscale")
+	}
+	path := filepath.Join(cache, "bench", "plugin.txt")
+	_ = os.MkdirAll(filepath.Dir(path), 0o755)
+	if f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
+		fmt.Fprintf(f, "%s %s\n", time.Now().UTC().Format(time.RFC3339), line)
+		f.Close()
+	}
 }
 
 func loadavg() string {
