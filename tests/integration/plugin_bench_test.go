@@ -25,19 +25,24 @@ import (
 )
 
 // Permit throughput and latency against the real apiserver, with 1,000 VM
-// runner pods placed by the autoscale-scheduler on 100 nodes. Three phases,
-// each a fixed time with 64 concurrent agents (one request in flight per
-// VM, as a real agent does):
-//   - steady: every request repeats the last permit (no grant, no write);
-//   - mix: 80 % steady, 20 % upscales by one compute unit (each a grant:
-//     one request patch, one approval patch);
-//   - upscales alone.
+// runner pods placed by the autoscale-scheduler on 100 nodes (10 each), one
+// request in flight per VM as a real agent does. First the apiserver's own
+// ceiling for the writes an upscale costs (VM patches, and pod patches for
+// comparison), then 10 s phases:
+//   - steady, closed loop (32 agents): every request repeats the last
+//     permit (no grant, no write);
+//   - mix, closed loop: 80 % steady, 20 % upscales by one compute unit (each
+//     a grant and one VM patch);
+//   - mix, open loop at 500/s and 1,000/s offered;
+//   - upscales alone, closed loop.
 //
-// It takes about two minutes; set VMSCALE_PLUGIN_BENCH=1 to run it. The
-// figures also go to the cache's bench/plugin.txt.
+// It takes about two minutes; set VMSCALE_PLUGIN_BENCH=1 to run it
+// (VMSCALE_PLUGIN_BENCH=small for a quick run on 2 nodes,
+// VMSCALE_PLUGIN_BENCH_AGENTS to change the 32). The figures also go to the
+// cache's bench/plugin.txt.
 func TestPermitThroughput(t *testing.T) {
 	if os.Getenv("VMSCALE_PLUGIN_BENCH") == "" {
-		t.Skip("permit benchmark against the real apiserver: set VMSCALE_PLUGIN_BENCH=1 (about a minute)")
+		t.Skip("permit benchmark against the real apiserver: set VMSCALE_PLUGIN_BENCH=1 (about two minutes)")
 	}
 	nodes, vmsPerNode, agents := 100, 10, 32
 	phase := 10 * time.Second
