@@ -443,3 +443,28 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// An agent whose last permit claims more than its VM holds (stale or
+// forged) does not get it: the request goes through the grant rule.
+func TestLastPermitNeverRaisesTheApproval(t *testing.T) {
+	f := newFixture(t, true)
+	f.node("n", 2000, 8*gi)
+	f.vm("a", "n", 1000, 4, nil)
+	f.vm("b", "n", 1000, 4, nil) // the node is full
+	claim := r(2000, 8*gi)
+	got, err := f.e.Permit(context.Background(), request("a-pod", claim, &claim))
+	if err != nil || got != r(1000, 4*gi) {
+		t.Fatalf("permit %v, %v; want the 1 vCPU / 4Gi the VM holds", got, err)
+	}
+	if n, _ := f.e.st.Node("n"); n.OverBudget() {
+		t.Fatalf("node over budget: %+v", n.CPU)
+	}
+	if ann := f.annotations("a"); ann[vmpod.ApprovedAnnotation] != `{"vCPUs":1,"mem":"4Gi"}` {
+		t.Fatalf("approval %q", ann[vmpod.ApprovedAnnotation])
+	}
+	// Asked again: answered from memory, no write.
+	before := f.fc.patches
+	if got, err := f.e.Permit(context.Background(), request("a-pod", claim, &claim)); err != nil || got != r(1000, 4*gi) || f.fc.patches != before {
+		t.Fatalf("repeat: %v %v, %d writes", got, err, f.fc.patches-before)
+	}
+}

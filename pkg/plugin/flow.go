@@ -46,18 +46,34 @@ func (e *Enforcer) Permit(ctx context.Context, req *api.AgentRequest) (api.Resou
 		return api.Resources{}, permit.Errorf(http.StatusNotFound, "VirtualMachine %s of pod %s not found", vk, key)
 	}
 	ops := vmpod.RequestPatch(v.vm, *req.ComputeUnit, req.Resources, req.LastPermit)
-	if len(ops) == 0 {
+	// A request within the agent's last permit is answered as asked, as
+	// in Neon, but only if the VM really holds that much: a last permit
+	// above the approval never raises it.
+	held := v.vm.Use
+	if rec, ok := e.st.Pod(key); ok {
+		held = rec.Reserved
+	}
+	withinPermit := req.LastPermit != nil && req.Resources.FitsIn(*req.LastPermit) && req.Resources.FitsIn(held)
+	if len(ops) == 0 && withinPermit {
 		e.mu.Unlock()
-		if req.LastPermit != nil && req.Resources.FitsIn(*req.LastPermit) {
-			return req.Resources, nil
-		}
-		return e.waitForApproval(ctx, vk, req.Resources, req.LastPermit)
+		return req.Resources, nil
 	}
 	// Usually the plugin can decide at once and write the request and its
 	// approval in one patch; otherwise the workers decide later.
 	approved, decided := e.decideNowLocked(key, v, req)
-	if decided {
+	switch {
+	case decided && len(ops) == 0 && v.vm.Approved != nil && approved == *v.vm.Approved:
+		// Nothing new to record or approve (say, a repeated upscale on
+		// a full node): answer without a write.
+		v.inflight = nil
+		v.decidedFor = &req.Resources
+		e.mu.Unlock()
+		return approved, nil
+	case decided:
 		ops = vmpod.RequestApprovalPatch(v.vm, *req.ComputeUnit, req.Resources, approved)
+	case len(ops) == 0:
+		e.mu.Unlock()
+		return e.waitForApproval(ctx, vk, req.Resources, req.LastPermit)
 	}
 	e.mu.Unlock()
 
@@ -93,11 +109,11 @@ func (e *Enforcer) Permit(ctx context.Context, req *api.AgentRequest) (api.Resou
 	e.mu.Unlock()
 	e.queue.Add("node/" + node)
 
-	if req.LastPermit != nil && req.Resources.FitsIn(*req.LastPermit) {
-		return req.Resources, nil
-	}
-	if decided {
+	switch {
+	case decided:
 		return approved, nil
+	case withinPermit:
+		return req.Resources, nil
 	}
 	return e.waitForApproval(ctx, vk, req.Resources, req.LastPermit)
 }
