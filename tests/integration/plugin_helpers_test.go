@@ -159,6 +159,13 @@ func startScheduler(t *testing.T) *scheduler {
 
 func (s *scheduler) start() {
 	s.t.Helper()
+	s.launch()
+	s.waitReady()
+}
+
+// launch starts the process without waiting for it.
+func (s *scheduler) launch() {
+	s.t.Helper()
 	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		s.t.Fatal(err)
@@ -171,6 +178,10 @@ func (s *scheduler) start() {
 	s.exited = make(chan error, 1)
 	cmd := s.cmd
 	go func() { s.exited <- cmd.Wait(); logf.Close() }()
+}
+
+func (s *scheduler) waitReady() {
+	s.t.Helper()
 	poll := func() error {
 		select {
 		case err := <-s.exited:
@@ -388,4 +399,23 @@ var freshCount atomic.Int32
 // repeated run (-count) could not reuse its name.
 func fresh(prefix string) string {
 	return fmt.Sprintf("%s-%d", prefix, freshCount.Add(1))
+}
+
+// waitPluginKnows waits until the plugin has seen a runner pod's binding
+// (its watch trails the apiserver by a little): a steady request for the
+// VM's current size stops getting 404.
+func waitPluginKnows(t *testing.T, s *scheduler, ns, pod string, use api.Resources) {
+	t.Helper()
+	eventually(t, 10*time.Second, "plugin sees "+ns+"/"+pod+" bound", func() error {
+		reply, err := postPermit(s.permitURL, agentRequest(ns, pod, use, &use))
+		switch {
+		case err != nil:
+			return err
+		case reply.status == http.StatusNotFound:
+			return fmt.Errorf("%s", reply.body)
+		case reply.status != http.StatusOK || reply.permit != use:
+			t.Fatalf("steady request for %s: %d %s", pod, reply.status, reply.body)
+		}
+		return nil
+	})
 }

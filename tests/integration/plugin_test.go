@@ -106,6 +106,7 @@ func TestAutoscaleScheduler(t *testing.T) {
 			}
 			return err
 		})
+		waitPluginKnows(t, sched, ns, p, res(500, 2*gib))
 	}
 
 	t.Run("permit", func(t *testing.T) {
@@ -168,6 +169,7 @@ func TestAutoscaleScheduler(t *testing.T) {
 				}
 				return nil
 			})
+			waitPluginKnows(t, sched, "default", p, res(250, gib))
 		}
 		dir := filepath.Join(repoRoot, "testdata", "compat", "vectors", "agent-plugin")
 		var bodies []string
@@ -250,7 +252,32 @@ func TestAutoscaleScheduler(t *testing.T) {
 		if _, err := postPermit(sched.permitURL, agentRequest(ns, "a-runner", res(1500, 6*gib), nil)); err == nil {
 			t.Fatal("permit answered with the scheduler killed")
 		}
-		sched.start()
+		// Ask from the moment the process starts: until it has listed the
+		// cluster it must refuse (no connection yet, or 500 "starting up"),
+		// never answer from a partial view (a 404 for a pod not listed
+		// yet, or a permit).
+		sched.launch()
+		lastB := res(500, 2*gib)
+		refused, notListening := 0, 0
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			reply, err := postPermit(sched.permitURL, agentRequest(ns, "b-runner", lastB, &lastB))
+			if err != nil {
+				notListening++
+			} else if reply.status == 500 && strings.Contains(reply.body, "starting up") {
+				refused++
+			} else if reply.status == 200 {
+				break
+			} else {
+				t.Fatalf("while starting: %d %s", reply.status, reply.body)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no permit 60 s after restart\n%s", sched.logTail())
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		t.Logf("while starting: %d requests found no listener, %d were refused as starting up", notListening, refused)
+		sched.waitReady()
 		// The rebuilt state holds exactly what was approved before.
 		for r, want := range map[string]float64{"cpu": 2, "memory": float64(8 * gib)} {
 			v, err := sched.metric(fmt.Sprintf(`vmscale_plugin_node_reserved{node="permit-1",resource=%q}`, r))
@@ -259,7 +286,6 @@ func TestAutoscaleScheduler(t *testing.T) {
 			}
 		}
 		// No double grant: b still cannot grow, a keeps its permit.
-		lastB := res(500, 2*gib)
 		reply, err := postPermit(sched.permitURL, agentRequest(ns, "b-runner", res(1000, 4*gib), &lastB))
 		if err != nil || reply.status != 200 || reply.permit != lastB {
 			t.Fatalf("b after restart: %+v %v", reply, err)
@@ -299,6 +325,9 @@ func TestAutoscaleScheduler(t *testing.T) {
 			}
 			return nil
 		})
+		for i := 0; i < n; i++ {
+			waitPluginKnows(t, sched, cns, fmt.Sprintf("c%d-runner", i), res(250, gib))
+		}
 		permits := make([]api.Resources, n)
 		for i := range permits {
 			permits[i] = res(250, gib)
@@ -369,6 +398,7 @@ func TestAutoscaleScheduler(t *testing.T) {
 				}
 				return nil
 			})
+			waitPluginKnows(t, sched, mns, p, res(1000, 4*gib))
 		}
 		var list vmv1.VirtualMachineMigrationList
 		if err := k8sClient.List(context.Background(), &list, client.InNamespace(mns)); err != nil || len(list.Items) != 0 {
