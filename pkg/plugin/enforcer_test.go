@@ -408,7 +408,29 @@ func TestMigrationPastWatermark(t *testing.T) {
 	if m == nil || n != 1 || m.Spec.VMName != "old" {
 		t.Fatalf("migrations %v", f.fc.migrations)
 	}
-	// It finishes: the plugin deletes it.
+	// While it runs, old's share counts as migrating, so nothing more is
+	// picked even when the node is asked again.
+	f.e.OnMigration(m)
+	f.e.mu.Lock()
+	node, _ := f.e.st.Node("n")
+	migrating := node.CPU.Migrating
+	f.e.mu.Unlock()
+	if migrating != 1000 {
+		t.Fatalf("migrating %dm, want old's 1000m", migrating)
+	}
+	if err := f.e.reconcileNode(context.Background(), "n"); err != nil {
+		t.Fatal(err)
+	}
+	f.fc.mu.Lock()
+	n = len(f.fc.migrations)
+	f.fc.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d migrations after a second look, want 1", n)
+	}
+	// It finishes: the VM left with its source pod, and the plugin deletes
+	// the migration and picks no other VM (the node is under its
+	// watermark again).
+	f.e.OnPodDelete(state.PodKey{Namespace: "ns", Name: "old-pod"})
 	m.Status.Phase = vmv1.VmmSucceeded
 	f.e.OnMigration(m)
 	waitFor(t, "finished migration deleted", func() bool {
@@ -416,6 +438,18 @@ func TestMigrationPastWatermark(t *testing.T) {
 		defer f.fc.mu.Unlock()
 		return len(f.fc.migrations) == 0
 	})
+	if err := f.e.reconcileNode(context.Background(), "n"); err != nil {
+		t.Fatal(err)
+	}
+	f.fc.mu.Lock()
+	n = len(f.fc.migrations)
+	f.fc.mu.Unlock()
+	f.e.mu.Lock()
+	migrating = node.CPU.Migrating
+	f.e.mu.Unlock()
+	if n != 0 || migrating != 0 {
+		t.Fatalf("after the migration: %d migrations, %dm migrating", n, migrating)
+	}
 }
 
 func TestFilterAndReserve(t *testing.T) {
