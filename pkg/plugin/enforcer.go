@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"time"
@@ -18,8 +19,14 @@ import (
 	"github.com/vmscale/vmscale/pkg/plugin/vmpod"
 )
 
-// Client is the plugin's writes to the cluster.
+// ErrPatchConflict is wrapped by Client.PatchVM's error when a `test` op of
+// the patch failed: the VM changed since the plugin last saw it.
+var ErrPatchConflict = errors.New("VirtualMachine changed under the patch")
+
+// Client is the plugin's reads and writes of the cluster beyond its watches.
 type Client interface {
+	// GetVM reads a VirtualMachine from the apiserver.
+	GetVM(ctx context.Context, namespace, name string) (*vmv1.VirtualMachine, error)
 	// PatchVM applies a JSON patch to a VirtualMachine and returns it as
 	// patched.
 	PatchVM(ctx context.Context, namespace, name string, patch []byte) (*vmv1.VirtualMachine, error)

@@ -73,7 +73,7 @@ func (f *fakeCluster) PatchVM(_ context.Context, ns, name string, patch []byte) 
 	out, err := p.Apply(doc)
 	if err != nil {
 		f.mu.Unlock()
-		return nil, fmt.Errorf("the server rejected our request due to an error in our request: %w", err)
+		return nil, fmt.Errorf("%w: the server rejected our request due to an error in our request: %w", ErrPatchConflict, err)
 	}
 	var res vmv1.VirtualMachine
 	if err := json.Unmarshal(out, &res); err != nil {
@@ -87,6 +87,25 @@ func (f *fakeCluster) PatchVM(_ context.Context, ns, name string, patch []byte) 
 		onWrite(stored.DeepCopy())
 	}
 	return stored, nil
+}
+
+func (f *fakeCluster) GetVM(_ context.Context, ns, name string) (*vmv1.VirtualMachine, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	vm := f.vms[ns+"/"+name]
+	if vm == nil {
+		return nil, fmt.Errorf("not found")
+	}
+	return vm.DeepCopy(), nil
+}
+
+// edit changes a stored VM behind the plugin's back (no watch event).
+func (f *fakeCluster) edit(ns, name string, mod func(*vmv1.VirtualMachine)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	vm := f.vms[ns+"/"+name].DeepCopy()
+	mod(vm)
+	f.put(vm)
 }
 
 func (f *fakeCluster) CreateMigration(_ context.Context, m *vmv1.VirtualMachineMigration) error {
@@ -500,5 +519,28 @@ func TestLastPermitNeverRaisesTheApproval(t *testing.T) {
 	before := f.fc.patches
 	if got, err := f.e.Permit(context.Background(), request("a-pod", claim, &claim)); err != nil || got != r(1000, 4*gi) || f.fc.patches != before {
 		t.Fatalf("repeat: %v %v, %d writes", got, err, f.fc.patches-before)
+	}
+}
+
+// The plugin's view is behind (someone wrote the VM and the watch has not
+// told it yet): the guarded write fails, the plugin re-reads the VM and
+// answers from the fresh state.
+func TestStaleViewRecovers(t *testing.T) {
+	f := newFixture(t, true)
+	f.node("n", 4000, 16*gi)
+	f.vm("a", "n", 1000, 4, nil)
+	f.fc.edit("ns", "a", func(vm *vmv1.VirtualMachine) {
+		vm.Annotations = map[string]string{
+			vmpod.ScalingUnitAnnotation: `{"vCPUs":"250m","mem":"1Gi"}`,
+			vmpod.RequestedAnnotation:   `{"vCPUs":"1500m","mem":"6Gi"}`,
+			vmpod.ApprovedAnnotation:    `{"vCPUs":1,"mem":"4Gi"}`,
+		}
+	})
+	got, err := f.e.Permit(context.Background(), request("a-pod", r(2000, 8*gi), &api.Resources{VCPU: 1000, Mem: 4 * gi}))
+	if err != nil || got != r(2000, 8*gi) {
+		t.Fatalf("permit %v, %v", got, err)
+	}
+	if ann := f.annotations("a"); ann[vmpod.RequestedAnnotation] != `{"vCPUs":2,"mem":"8Gi"}` || ann[vmpod.ApprovedAnnotation] != `{"vCPUs":2,"mem":"8Gi"}` {
+		t.Fatalf("annotations %v", ann)
 	}
 }

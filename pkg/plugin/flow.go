@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -19,8 +20,38 @@ const PermitWait = time.Second
 // Permit answers an agent (spec/protocols.md §1, the annotation flow):
 // record the request on the VM, answer a request within the last permit at
 // once, and otherwise wait up to a second for the approval the workers
-// decide and write.
+// decide and write. If the VM changed under the write (the plugin's view
+// was behind), it reads the VM afresh and tries once more.
 func (e *Enforcer) Permit(ctx context.Context, req *api.AgentRequest) (api.Resources, error) {
+	out, err := e.permitOnce(ctx, req)
+	if !errors.Is(err, ErrPatchConflict) {
+		return out, err
+	}
+	if rerr := e.refreshVM(ctx, state.PodKey{Namespace: req.Pod.Namespace, Name: req.Pod.Name}); rerr != nil {
+		return out, fmt.Errorf("%w (and re-reading it: %v)", err, rerr)
+	}
+	return e.permitOnce(ctx, req)
+}
+
+// refreshVM reads a pod's VM from the apiserver into the plugin's view.
+func (e *Enforcer) refreshVM(ctx context.Context, key state.PodKey) error {
+	e.mu.Lock()
+	info := e.pods[key]
+	e.mu.Unlock()
+	if info == nil || info.VM == "" {
+		return fmt.Errorf("pod %s gone", key)
+	}
+	gctx, cancel := context.WithTimeout(ctx, e.cfg.CRUDTimeout())
+	defer cancel()
+	obj, err := e.client.GetVM(gctx, key.Namespace, info.VM)
+	if err != nil {
+		return err
+	}
+	e.OnVM(obj)
+	return nil
+}
+
+func (e *Enforcer) permitOnce(ctx context.Context, req *api.AgentRequest) (api.Resources, error) {
 	key := state.PodKey{Namespace: req.Pod.Namespace, Name: req.Pod.Name}
 	e.mu.Lock()
 	if !e.ready {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -46,11 +47,23 @@ func newVMClient(cfg *rest.Config) (*vmClient, error) {
 	return &vmClient{rc: rc}, nil
 }
 
+func (c *vmClient) GetVM(ctx context.Context, namespace, name string) (*vmv1.VirtualMachine, error) {
+	var out vmv1.VirtualMachine
+	if err := c.rc.Get().Namespace(namespace).Resource("virtualmachines").Name(name).Do(ctx).Into(&out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 func (c *vmClient) PatchVM(ctx context.Context, namespace, name string, patch []byte) (*vmv1.VirtualMachine, error) {
 	var out vmv1.VirtualMachine
 	err := c.rc.Patch(types.JSONPatchType).Namespace(namespace).Resource("virtualmachines").Name(name).
 		Body(patch).Do(ctx).Into(&out)
 	if err != nil {
+		// A failed `test` op is answered 422.
+		if status, ok := err.(apierrors.APIStatus); ok && status.Status().Code == http.StatusUnprocessableEntity {
+			return nil, fmt.Errorf("%w: %w", ErrPatchConflict, err)
+		}
 		return nil, err
 	}
 	return &out, nil
