@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -24,6 +25,7 @@ func main() {
 		vmspec, vmstatus, cpuMode, ratio, diskCache, appendCmdline    string
 		kernel, initrd, imagesDir, mountsDir, rootDisk, runDir        string
 		accel, qmpHost, httpAddr, forwards, tap, qemuPath, daemonAddr string
+		qemuUser                                                      string
 		useVirtioConsole, skipCgroup, podNetwork                      bool
 	)
 	flag.StringVar(&vmspec, "vmspec", "", "the VirtualMachine spec: JSON, gzipped, base64 (required)")
@@ -47,12 +49,13 @@ func main() {
 	flag.StringVar(&tap, "tap", "", "an existing tap device for the guest NIC")
 	flag.BoolVar(&podNetwork, "pod-network", false, "set up the runner pod's guest network: bridge + tap, DHCP, the guest's ports DNATed from eth0, egress masqueraded")
 	flag.StringVar(&qemuPath, "qemu", "", "QEMU binary (default by architecture)")
+	flag.StringVar(&qemuUser, "qemu-user", "", "user QEMU drops to after start-up (the runner image has qemu); empty: the runner's")
 	flag.StringVar(&daemonAddr, "daemon-addr", "169.254.254.254:25183", "neonvm-daemon in the guest, as the runner reaches it (SysfsScaling)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 
 	if err := run(log, runner.Config{
-		QEMUPath: qemuPath, Kernel: kernel, Initrd: initrd, Accel: accel, QMPHost: qmpHost,
+		QEMUPath: qemuPath, QEMUUser: qemuUser, Kernel: kernel, Initrd: initrd, Accel: accel, QMPHost: qmpHost,
 		RunDir: runDir, CPUScalingMode: vmv1.CPUScalingMode(cpuMode), MemhpAutoMovableRatio: ratio,
 		UseVirtioConsole: useVirtioConsole, DiskCache: diskCache, AppendKernelCmdline: appendCmdline,
 		TapName: tap, PodNetwork: podNetwork, DaemonAddr: daemonAddr, ReceiveMigration: os.Getenv("RECEIVE_MIGRATION") == "true",
@@ -91,6 +94,11 @@ func run(log *slog.Logger, cfg runner.Config, vmspec, httpAddr, forwards string)
 		return err
 	}
 	cfg.Forwards = fw
+	if cfg.QEMUUser != "" {
+		if _, err := user.Lookup(cfg.QEMUUser); err != nil {
+			return fmt.Errorf("-qemu-user: %w", err)
+		}
+	}
 	if cfg.PodName == "" {
 		cfg.PodName, _ = os.Hostname()
 	}

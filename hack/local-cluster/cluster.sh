@@ -384,7 +384,13 @@ import_images() {
 build_images() {
 	IMAGES="$VMSCALE_CACHE/images"
 	log "building images (make images) into $IMAGES"
-	(cd "$VMSCALE_ROOT/hack/images" && go run . -root ../.. -out "$IMAGES" -extra "coredns=$COREDNS") 2>&1 | sed 's/^/  /' >&2
+	# The runner image carries a Debian root with QEMU and the test guest's
+	# kernel; the guest's root disk is an image of its own (vm-postgres).
+	local rootfs guest
+	rootfs="$("$VMSCALE_ROOT/hack/runner-rootfs.sh")"
+	guest="$("$VMSCALE_ROOT/hack/guest/build.sh")"
+	(cd "$VMSCALE_ROOT/hack/images" && go run . -root ../.. -out "$IMAGES" -extra "coredns=$COREDNS" \
+		-runner-rootfs "$rootfs" -guest "$guest") 2>&1 | sed 's/^/  /' >&2
 }
 
 # ---------- add-ons ----------

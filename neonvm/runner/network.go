@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"sort"
 	"strconv"
@@ -47,8 +48,8 @@ func DefaultPodNetwork(guestPorts []int) PodNetwork {
 	return PodNetwork{PodInterface: "eth0", Bridge: "br-def", Tap: "tap-def", Ports: ports}
 }
 
-// Commands are the ip, sysctl and iptables commands that set the network
-// up, in order.
+// Commands are the ip and iptables commands that set the network up, in
+// order (Setup turns on IPv4 forwarding first).
 func (n PodNetwork) Commands() [][]string {
 	cmds := [][]string{
 		{"ip", "link", "add", n.Bridge, "type", "bridge"},
@@ -57,7 +58,6 @@ func (n PodNetwork) Commands() [][]string {
 		{"ip", "tuntap", "add", "dev", n.Tap, "mode", "tap"},
 		{"ip", "link", "set", n.Tap, "master", n.Bridge},
 		{"ip", "link", "set", n.Tap, "up"},
-		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
 		{"iptables", "-t", "nat", "-A", "POSTROUTING", "-s", PodNetGuestIP + "/32", "!", "-d", PodNetCIDR, "-j", "MASQUERADE"},
 	}
 	for _, p := range n.Ports {
@@ -76,8 +76,13 @@ func (n PodNetwork) DHCPCommand() []string {
 		"--pid-file=", "--dhcp-leasefile=/dev/null"}
 }
 
-// Setup runs Commands, stopping at the first failure.
+// Setup turns on IPv4 forwarding in the pod's network namespace (written
+// to /proc directly: the runner image has no sysctl), then runs Commands,
+// stopping at the first failure.
 func (n PodNetwork) Setup(ctx context.Context) error {
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil {
+		return fmt.Errorf("pod network: net.ipv4.ip_forward=1 (needs a privileged runner or the pod sysctl): %w", err)
+	}
 	for _, c := range n.Commands() {
 		if out, err := exec.CommandContext(ctx, c[0], c[1:]...).CombinedOutput(); err != nil {
 			return fmt.Errorf("pod network: %s: %w: %s", strings.Join(c, " "), err, strings.TrimSpace(string(out)))

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -23,6 +24,9 @@ type Config struct {
 	PodName string
 
 	QEMUPath string
+	// QEMUUser is the user QEMU drops to once it has opened its disks and
+	// devices (qemu in the runner image); empty keeps the runner's.
+	QEMUUser string
 	Kernel   string
 	Initrd   string
 	Dirs     Dirs
@@ -81,6 +85,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := CheckHost(spec, mem); err != nil {
 		return err
 	}
+	if cfg.QEMUPath == "" {
+		cfg.QEMUPath = qemu.Binary(runtime.GOARCH)
+	}
 	accel, why := ChooseAccel(ctx, cfg.Accel, cfg.QEMUPath, cfg.Kernel)
 	log.Info("accelerator chosen", "accel", accel, "why", why)
 
@@ -132,7 +139,7 @@ func Run(ctx context.Context, cfg Config) error {
 		ExecSocket: filepath.Join(cfg.RunDir, ExecSocket),
 		KernelPath: cfg.Kernel, InitrdPath: cfg.Initrd, RootDiskPath: root, Disks: disks,
 		MemhpAutoMovableRatio: cfg.MemhpAutoMovableRatio, UseVirtioConsole: cfg.UseVirtioConsole,
-		DiskCache: cfg.DiskCache, ExtraKernelArgs: extra, Hostname: "vm-" + cfg.PodName,
+		DiskCache: cfg.DiskCache, ExtraKernelArgs: extra, Hostname: "vm-" + cfg.PodName, RunAs: cfg.QEMUUser,
 		Network: qemu.Network{TapName: cfg.TapName, Forwards: cfg.Forwards, VhostNet: cfg.TapName != "" && exists("/dev/vhost-net")},
 	}
 	if cfg.ReceiveMigration {
@@ -159,6 +166,7 @@ func Run(ctx context.Context, cfg Config) error {
 	apiCtx, stopAPI := context.WithCancel(context.Background())
 	defer stopAPI()
 	api := NewAPI(spec, mode, func(ctx context.Context) error { return guestRunning(ctx, sigtermSock) }, cfg.DaemonAddr)
+	api.GuestReadiness = cfg.PodNetwork
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- api.Serve(apiCtx, cfg.HTTPAddr) }()
 
@@ -210,7 +218,10 @@ func guestRunning(ctx context.Context, sock string) error {
 	if err != nil {
 		return err
 	}
-	if !st.Running && st.Status != "inmigrate" {
+	if st.Status == "inmigrate" {
+		return ErrIncoming
+	}
+	if !st.Running {
 		return fmt.Errorf("guest is %s", st.Status)
 	}
 	return nil
