@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/qemu"
@@ -26,6 +27,7 @@ func main() {
 		kernel, initrd, imagesDir, mountsDir, rootDisk, runDir        string
 		accel, qmpHost, httpAddr, forwards, tap, qemuPath, daemonAddr string
 		qemuUser                                                      string
+		diskSync                                                      time.Duration
 		useVirtioConsole, skipCgroup, podNetwork                      bool
 	)
 	flag.StringVar(&vmspec, "vmspec", "", "the VirtualMachine spec: JSON, gzipped, base64 (required)")
@@ -49,13 +51,14 @@ func main() {
 	flag.StringVar(&tap, "tap", "", "an existing tap device for the guest NIC")
 	flag.BoolVar(&podNetwork, "pod-network", false, "set up the runner pod's guest network: bridge + tap, DHCP, the guest's ports DNATed from eth0, egress masqueraded")
 	flag.StringVar(&qemuPath, "qemu", "", "QEMU binary (default by architecture)")
+	flag.DurationVar(&diskSync, "disk-sync-interval", runner.DefaultDiskSyncInterval, "how often watched configMap/secret disks are re-synced into the guest")
 	flag.StringVar(&qemuUser, "qemu-user", "", "user QEMU drops to after start-up (the runner image has qemu); empty: the runner's")
 	flag.StringVar(&daemonAddr, "daemon-addr", "169.254.254.254:25183", "neonvm-daemon in the guest, as the runner reaches it (SysfsScaling)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 
 	if err := run(log, runner.Config{
-		QEMUPath: qemuPath, QEMUUser: qemuUser, Kernel: kernel, Initrd: initrd, Accel: accel, QMPHost: qmpHost,
+		QEMUPath: qemuPath, QEMUUser: qemuUser, DiskSyncInterval: diskSync, Kernel: kernel, Initrd: initrd, Accel: accel, QMPHost: qmpHost,
 		RunDir: runDir, CPUScalingMode: vmv1.CPUScalingMode(cpuMode), MemhpAutoMovableRatio: ratio,
 		UseVirtioConsole: useVirtioConsole, DiskCache: diskCache, AppendKernelCmdline: appendCmdline,
 		TapName: tap, PodNetwork: podNetwork, DaemonAddr: daemonAddr, ReceiveMigration: os.Getenv("RECEIVE_MIGRATION") == "true",

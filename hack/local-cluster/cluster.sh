@@ -347,6 +347,9 @@ write_node_config() {
 		evictionHard: {memory.available: 100Mi, nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
 		allowedUnsafeSysctls: ["net.ipv4.ip_forward"]
 		registerWithTaints: []
+		# Pods are re-synced (and ConfigMap/Secret volumes refreshed) every
+		# 10 s instead of every minute: watched disks reach guests sooner.
+		syncFrequency: 10s
 	YAML
 	kubeconfig "system:node:$n" "$d/kubelet.kubeconfig"
 	# Each kubelet owns its own cgroup root, or each would remove the other's

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -31,6 +32,9 @@ type Settings struct {
 	// QEMUUser is the runner image's user for QEMU (-qemu-user); empty
 	// keeps QEMU as root.
 	QEMUUser string
+	// DiskSyncInterval is how often the runner re-syncs watched disks
+	// into the guest (-disk-sync-interval); zero keeps the runner's 30 s.
+	DiskSyncInterval time.Duration
 	// KVMDevice and VhostNetDevice request the device plugin resources
 	// neonvm/kvm and neonvm/vhost-net (off by default: without them the
 	// runner runs TCG).
@@ -278,6 +282,9 @@ func runnerArgs(vm *vmv1.VirtualMachine, s Settings) ([]string, error) {
 	args := []string{"-skip-cgroup-management", "-pod-network"}
 	if s.QEMUUser != "" {
 		args = append(args, "-qemu-user", s.QEMUUser)
+	}
+	if s.DiskSyncInterval > 0 {
+		args = append(args, "-disk-sync-interval", s.DiskSyncInterval.String())
 	}
 	if s.UseVirtioConsole {
 		args = append(args, "-use-virtio-console")

@@ -56,6 +56,9 @@ type Config struct {
 	// DaemonAddr is neonvm-daemon's host:port as the runner reaches it
 	// (169.254.254.254:25183 on the pod's tap network).
 	DaemonAddr string
+	// DiskSyncInterval is how often watched disks are re-synced into the
+	// guest (default DefaultDiskSyncInterval).
+	DiskSyncInterval time.Duration
 
 	// ReceiveMigration starts QEMU waiting for a migration on
 	// 0.0.0.0:20187.
@@ -169,6 +172,13 @@ func Run(ctx context.Context, cfg Config) error {
 	api.GuestReadiness = cfg.PodNetwork
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- api.Serve(apiCtx, cfg.HTTPAddr) }()
+	if syncer := NewDiskSyncer(spec, cfg.Dirs.Mounts, cfg.DaemonAddr, log); syncer != nil {
+		interval := cfg.DiskSyncInterval
+		if interval <= 0 {
+			interval = DefaultDiskSyncInterval
+		}
+		go syncer.Run(apiCtx, interval)
+	}
 
 	select {
 	case err := <-exited:

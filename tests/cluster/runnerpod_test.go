@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/utils/ptr"
 
@@ -41,6 +42,10 @@ func runnerVM(t *testing.T, ns, name string) *vmv1.VirtualMachine {
 			RootDisk:       vmv1.RootDisk{Image: Image(t, "vm-postgres"), ImagePullPolicy: "Never", Size: resource.MustParse("3Gi")},
 			Ports:          []vmv1.Port{{Name: "postgres", Port: 5432}},
 		},
+		Disks: []vmv1.Disk{{
+			Name: "app-secret", MountPath: "/etc/app-secret", Watch: ptr.To(true),
+			DiskSource: vmv1.DiskSource{Secret: &corev1.SecretVolumeSource{SecretName: name + "-secret"}},
+		}},
 	}
 	return vm
 }
@@ -52,6 +57,7 @@ func applyRunnerPod(t *testing.T, vm *vmv1.VirtualMachine, podName string) {
 	t.Helper()
 	pod, err := podspec.RunnerPod(vm, podName, podspec.Settings{
 		RunnerImage: Image(t, "neonvm-runner"), Privileged: true, QEMUUser: "qemu",
+		DiskSyncInterval: 2 * time.Second,
 	}, false)
 	if err != nil {
 		t.Fatal(err)
@@ -95,13 +101,15 @@ func waitPodReady(t *testing.T, ns, pod string, timeout time.Duration, since tim
 
 // A runner pod boots the guest: Postgres and the metrics answer on the pod
 // IP from a pod on the other node (the guest sees that pod's own address),
-// SysfsScaling works through the runner's /cpu_change, and deleting the pod
-// powers the guest off cleanly within its grace period.
+// SysfsScaling works through the runner's /cpu_change, a watched Secret's
+// update reaches the guest, and deleting the pod powers the guest off
+// cleanly within its grace period.
 func TestRunnerPod(t *testing.T) {
 	kc(t)
 	ns := namespace(t, "runnerpod")
 	vm := runnerVM(t, ns, "pg")
 	const pod = "pg-runner"
+	Kubectl(t, kubeconfig, "-n", ns, "create", "secret", "generic", "pg-secret", "--from-literal=password=first")
 	created := time.Now()
 	applyRunnerPod(t, vm, pod)
 	ready := waitPodReady(t, ns, pod, 6*time.Minute, created)
@@ -134,6 +142,35 @@ func TestRunnerPod(t *testing.T) {
 	if err != nil || !strings.Contains(metrics, "host_load1 ") || !strings.Contains(metrics, "host_memory_total_bytes") {
 		t.Errorf("metrics on %s:9100: %v\n%s", podIP, err, metrics)
 	}
+
+	// QEMU dropped to the runner image's qemu user (36) after start-up.
+	uid, err := TryKubectl(kubeconfig, "-n", ns, "exec", pod, "-c", podspec.RunnerContainer, "--", "sh", "-c",
+		`for p in /proc/[0-9]*; do grep -qa qemu-system $p/cmdline 2>/dev/null && grep ^Uid: $p/status; done`)
+	if f := strings.Fields(uid); err != nil || len(f) < 2 || f[1] != "36" {
+		t.Errorf("QEMU's user: %q (%v), want uid 36", uid, err)
+	}
+
+	// The watched Secret: its first version is on the guest's disk; an
+	// update reaches the running guest (kubelet refresh + runner sync).
+	readSecret := func() (string, error) {
+		return podExec(t, ns, "client", "pg", podIP+":5432", "select pg_read_file('/etc/app-secret/password')")
+	}
+	if out, err := readSecret(); err != nil || strings.TrimSpace(out) != "first" {
+		t.Errorf("the guest's /etc/app-secret/password = %q (%v), want first", out, err)
+	}
+	updated := time.Now()
+	Kubectl(t, kubeconfig, "-n", ns, "patch", "secret", "pg-secret", "-p", `{"stringData":{"password":"second"}}`)
+	poll(t, 3*time.Minute, "the Secret's update inside the guest", func() error {
+		out, err := readSecret()
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(out) != "second" {
+			return fmt.Errorf("password = %q", out)
+		}
+		return nil
+	})
+	t.Logf("Secret updated -> new value read inside the guest: %s", time.Since(updated).Round(100*time.Millisecond))
 
 	// SysfsScaling through the runner API (port 25183 on the pod IP).
 	runnerURL := "http://" + podIP + ":25183"
