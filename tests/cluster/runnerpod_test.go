@@ -29,7 +29,7 @@ const runnerGrace = 90
 
 // runnerVM is a small Postgres VM of the test guest (make images builds
 // vmscale/vm-postgres from it) with SysfsScaling.
-func runnerVM(t *testing.T, ns, name string) *vmv1.VirtualMachine {
+func runnerVM(t testing.TB, ns, name string) *vmv1.VirtualMachine {
 	vm := &vmv1.VirtualMachine{}
 	vm.Name, vm.Namespace, vm.UID = name, ns, "00000000-0000-0000-0000-000000000001"
 	vm.Spec = vmv1.VirtualMachineSpec{
@@ -53,7 +53,14 @@ func runnerVM(t *testing.T, ns, name string) *vmv1.VirtualMachine {
 // applyRunnerPod creates vm's runner pod as the controller would (without
 // the owner reference: no VirtualMachine object exists here, and the
 // garbage collector would delete the pod).
-func applyRunnerPod(t *testing.T, vm *vmv1.VirtualMachine, podName string) {
+func applyRunnerPod(t testing.TB, vm *vmv1.VirtualMachine, podName string) {
+	t.Helper()
+	applyRunnerPodOn(t, vm, podName, "")
+}
+
+// applyRunnerPodOn is applyRunnerPod on node (empty: the scheduler's
+// choice).
+func applyRunnerPodOn(t testing.TB, vm *vmv1.VirtualMachine, podName, node string) {
 	t.Helper()
 	pod, err := podspec.RunnerPod(vm, podName, podspec.Settings{
 		RunnerImage: Image(t, "neonvm-runner"), Privileged: true, QEMUUser: "qemu",
@@ -65,6 +72,7 @@ func applyRunnerPod(t *testing.T, vm *vmv1.VirtualMachine, podName string) {
 	pod.OwnerReferences = nil
 	pod.APIVersion, pod.Kind = "v1", "Pod"
 	pod.Spec.Containers[0].ImagePullPolicy = "Never"
+	pod.Spec.NodeName = node
 	data, err := json.Marshal(pod)
 	if err != nil {
 		t.Fatal(err)
@@ -72,14 +80,14 @@ func applyRunnerPod(t *testing.T, vm *vmv1.VirtualMachine, podName string) {
 	apply(t, vm.Namespace, string(data))
 }
 
-func podField(t *testing.T, ns, pod, jsonpath string) string {
+func podField(t testing.TB, ns, pod, jsonpath string) string {
 	t.Helper()
 	return strings.TrimSpace(Kubectl(t, kubeconfig, "-n", ns, "get", "pod", pod, "-o", "jsonpath="+jsonpath))
 }
 
 // waitPodReady waits for pod to be Ready and returns how long that took
 // from since.
-func waitPodReady(t *testing.T, ns, pod string, timeout time.Duration, since time.Time) time.Duration {
+func waitPodReady(t testing.TB, ns, pod string, timeout time.Duration, since time.Time) time.Duration {
 	t.Helper()
 	poll(t, timeout, "pod "+pod+" ready", func() error {
 		out, err := TryKubectl(kubeconfig, "-n", ns, "get", "pod", pod, "-o",
