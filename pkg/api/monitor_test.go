@@ -268,17 +268,17 @@ func checkTrigger(t *testing.T, name string, v monitorVector) {
 func TestDecodeFromAgentRejects(t *testing.T) {
 	for _, in := range []string{
 		``, `null`, `[]`, `"x"`, `{}`,
-		`{"type":"HealthCheck","content":{}}`,                     // no id
-		`{"type":"HealthCheck","id":2}`,                           // no content
-		`{"content":{},"id":2}`,                                   // no type
-		`{"type":"HealthCheck","content":{},"id":-2}`,             // negative id
-		`{"type":"HealthCheck","content":{},"id":null}`,           // null id
-		`{"type":"HealthCheck","content":null,"id":2}`,            // null content
-		`{"type":"Foo","content":{},"id":2}`,                      // unknown type
-		`{"type":"UpscaleConfirmation","content":{},"id":2}`,      // monitor-to-agent only
-		`{"type":"UpscaleRequest","content":{},"id":2}`,           // monitor-to-agent only
-		`{"Type":"HealthCheck","Content":{},"Id":2}`,              // names are case-sensitive
-		`{"type":"UpscaleNotification","content":{},"id":2}`,      // no granted
+		`{"type":"HealthCheck","content":{}}`,                // no id
+		`{"type":"HealthCheck","id":2}`,                      // no content
+		`{"content":{},"id":2}`,                              // no type
+		`{"type":"HealthCheck","content":{},"id":-2}`,        // negative id
+		`{"type":"HealthCheck","content":{},"id":null}`,      // null id
+		`{"type":"HealthCheck","content":null,"id":2}`,       // null content
+		`{"type":"Foo","content":{},"id":2}`,                 // unknown type
+		`{"type":"UpscaleConfirmation","content":{},"id":2}`, // monitor-to-agent only
+		`{"type":"UpscaleRequest","content":{},"id":2}`,      // monitor-to-agent only
+		`{"Type":"HealthCheck","Content":{},"Id":2}`,         // names are case-sensitive
+		`{"type":"UpscaleNotification","content":{},"id":2}`, // no granted
 		`{"type":"UpscaleNotification","content":{"granted":{"cpu":1}},"id":2}`,
 		`{"type":"UpscaleNotification","content":{"granted":{"mem":1}},"id":2}`,
 		`{"type":"UpscaleNotification","content":{"granted":{"cpu":"1","mem":1}},"id":2}`,
