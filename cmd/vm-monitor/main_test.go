@@ -194,16 +194,12 @@ func newFixture(t *testing.T) *fixture {
 	return fx
 }
 
-// writeAnon replaces memory.stat atomically, as the kernel's is never seen
-// half-written.
+// writeAnon rewrites memory.stat in place, as the kernel's file is one
+// node whose content changes (the monitor keeps it open). A sample taken
+// mid-write fails and is retried at the next tick.
 func (fx *fixture) writeAnon(bytes uint64) {
-	dir := filepath.Join(fx.cgroupRoot, "neon-postgres")
 	s := fmt.Sprintf("anon %d\nfile 4096\ninactive_anon %d\nactive_anon %d\ninactive_file 0\nactive_file 0\n", bytes, bytes/4*3, bytes/4)
-	tmp := filepath.Join(dir, ".memory.stat")
-	if err := os.WriteFile(tmp, []byte(s), 0o644); err != nil {
-		panic(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, "memory.stat")); err != nil {
+	if err := os.WriteFile(filepath.Join(fx.cgroupRoot, "neon-postgres", "memory.stat"), []byte(s), 0o644); err != nil {
 		panic(err)
 	}
 }

@@ -1,15 +1,14 @@
 package cgroup
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/containerd/cgroups/v3"
@@ -29,16 +28,18 @@ func (m MemoryStat) NonReclaimable() uint64 { return m.ActiveAnon + m.InactiveAn
 
 // ParseMemoryStat reads the anonymous-memory lines of a cgroup v2
 // memory.stat. Both must be present: a file without them is not a cgroup v2
-// memory.stat, and zeros would look like an idle cgroup.
-func ParseMemoryStat(r io.Reader) (MemoryStat, error) {
+// memory.stat, and zeros would look like an idle cgroup. It allocates
+// nothing: it runs ten times a second.
+func ParseMemoryStat(data []byte) (MemoryStat, error) {
 	var m MemoryStat
 	found := 0
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		key, value, ok := strings.Cut(sc.Text(), " ")
+	for len(data) > 0 {
+		var line []byte
+		line, data, _ = bytes.Cut(data, []byte("\n"))
+		key, value, ok := bytes.Cut(line, []byte(" "))
 		var dst *uint64
 		var bit int
-		switch key {
+		switch string(key) { // no allocation: the compiler compares in place
 		case "active_anon":
 			dst, bit = &m.ActiveAnon, 1
 		case "inactive_anon":
@@ -49,15 +50,12 @@ func ParseMemoryStat(r io.Reader) (MemoryStat, error) {
 		if !ok {
 			return m, fmt.Errorf("memory.stat: %s has no value", key)
 		}
-		n, err := strconv.ParseUint(strings.TrimSpace(value), 10, 64)
+		n, err := parseUint(bytes.TrimSpace(value))
 		if err != nil {
 			return m, fmt.Errorf("memory.stat: %s: %w", key, err)
 		}
 		*dst = n
 		found |= bit
-	}
-	if err := sc.Err(); err != nil {
-		return m, fmt.Errorf("memory.stat: %w", err)
 	}
 	if found != 3 {
 		return m, errors.New("memory.stat: active_anon or inactive_anon missing")
@@ -65,9 +63,32 @@ func ParseMemoryStat(r io.Reader) (MemoryStat, error) {
 	return m, nil
 }
 
-// Reader reads one cgroup's memory.stat.
+var errNotNumber = errors.New("not an unsigned decimal number")
+
+func parseUint(b []byte) (uint64, error) {
+	if len(b) == 0 || len(b) > 20 {
+		return 0, errNotNumber
+	}
+	var n uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, errNotNumber
+		}
+		d := uint64(c - '0')
+		if n > (math.MaxUint64-d)/10 {
+			return 0, errNotNumber
+		}
+		n = n*10 + d
+	}
+	return n, nil
+}
+
+// Reader reads one cgroup's memory.stat. It keeps the file open and
+// re-reads it from offset 0 (the kernel regenerates it on each read from
+// the start), reopening after an error.
 type Reader struct {
 	dir string
+	f   *os.File
 	buf []byte
 }
 
@@ -91,32 +112,47 @@ func Open(mountpoint, group string) (*Reader, error) {
 	if !slices.Contains(controllers, "memory") {
 		return nil, fmt.Errorf("open cgroup %s: the memory controller is not enabled (controllers: %v)", group, controllers)
 	}
-	r := &Reader{dir: filepath.Join(mountpoint, name), buf: make([]byte, 0, 4096)}
+	r := &Reader{dir: filepath.Join(mountpoint, name), buf: make([]byte, 8192)}
 	if _, err := r.Read(); err != nil {
 		return nil, err
 	}
 	return r, nil
 }
 
-// Read takes one sample of memory.stat. It reads the file whole into a
-// reused buffer: the file is small and read ten times a second, and the
-// library's full Stat() would read every controller's files each time.
+// Read takes one sample of memory.stat.
 func (r *Reader) Read() (MemoryStat, error) {
-	f, err := os.Open(filepath.Join(r.dir, "memory.stat"))
-	if err != nil {
-		return MemoryStat{}, fmt.Errorf("read memory.stat: %w", err)
+	if r.f == nil {
+		f, err := os.Open(filepath.Join(r.dir, "memory.stat"))
+		if err != nil {
+			return MemoryStat{}, fmt.Errorf("read memory.stat: %w", err)
+		}
+		r.f = f
 	}
-	defer f.Close()
-	buf := bytes.NewBuffer(r.buf[:0])
-	if _, err := buf.ReadFrom(f); err != nil {
-		return MemoryStat{}, fmt.Errorf("read %s: %w", f.Name(), err)
+	for {
+		n, err := r.f.ReadAt(r.buf, 0)
+		if err != nil && !errors.Is(err, io.EOF) {
+			r.Close()
+			return MemoryStat{}, fmt.Errorf("read %s/memory.stat: %w", r.dir, err)
+		}
+		if n == len(r.buf) { // maybe cut short: read again with more room
+			r.buf = make([]byte, 2*len(r.buf))
+			continue
+		}
+		m, err := ParseMemoryStat(r.buf[:n])
+		if err != nil {
+			r.Close() // the file may have been replaced: reopen next time
+			return m, fmt.Errorf("%s: %w", r.dir, err)
+		}
+		return m, nil
 	}
-	r.buf = buf.Bytes()
-	m, err := ParseMemoryStat(bytes.NewReader(r.buf))
-	if err != nil {
-		return m, fmt.Errorf("%s: %w", r.dir, err)
+}
+
+// Close closes the file; the next Read opens it again.
+func (r *Reader) Close() {
+	if r.f != nil {
+		_ = r.f.Close()
+		r.f = nil
 	}
-	return m, nil
 }
 
 // Dir is the cgroup's folder.

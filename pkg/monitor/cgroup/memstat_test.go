@@ -22,12 +22,11 @@ import (
 // real file is read in the guest test (tests/guest); the host has no cgroup
 // v2 memory controller.
 func TestParseMemoryStat(t *testing.T) {
-	f, err := os.Open("testdata/memory.stat")
+	data, err := os.ReadFile("testdata/memory.stat")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	m, err := ParseMemoryStat(f)
+	m, err := ParseMemoryStat(data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,9 +35,10 @@ func TestParseMemoryStat(t *testing.T) {
 	}
 	for _, bad := range []string{
 		"", "anon 1\nfile 2\n", "active_anon 1\n", "inactive_anon 1\nactive_anon x\n", "active_anon\ninactive_anon 1\n",
-		"active_anon -1\ninactive_anon 1\n",
+		"active_anon -1\ninactive_anon 1\n", "active_anon 18446744073709551616\ninactive_anon 1\n",
+		"active_anon 1x\ninactive_anon 1\n",
 	} {
-		if m, err := ParseMemoryStat(strings.NewReader(bad)); err == nil {
+		if m, err := ParseMemoryStat([]byte(bad)); err == nil {
 			t.Errorf("accepted %q as %+v", bad, m)
 		}
 	}
@@ -52,12 +52,22 @@ func FuzzParseMemoryStat(f *testing.F) {
 	f.Add(string(data))
 	f.Add("active_anon 1\ninactive_anon 18446744073709551615\n")
 	f.Fuzz(func(t *testing.T, s string) {
-		m, err := ParseMemoryStat(strings.NewReader(s))
+		m, err := ParseMemoryStat([]byte(s))
 		if err != nil {
 			return
 		}
 		if !strings.Contains(s, "active_anon ") || !strings.Contains(s, "inactive_anon ") {
 			t.Fatalf("parsed %+v from %q, which lacks a key", m, s)
+		}
+		// The same numbers as the standard library reads them.
+		for _, line := range strings.Split(s, "\n") {
+			k, v, _ := strings.Cut(line, " ")
+			want := map[string]uint64{"active_anon": m.ActiveAnon, "inactive_anon": m.InactiveAnon}
+			if w, ok := want[k]; ok {
+				if n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64); err != nil || n != w {
+					t.Fatalf("%q: parsed %d, strconv says %d, %v", line, w, n, err)
+				}
+			}
 		}
 	})
 }
@@ -83,14 +93,12 @@ func fakeCgroupFS(t *testing.T, group, controllers string) string {
 	return root
 }
 
+// writeAnon rewrites memory.stat in place, as the kernel's file is one
+// node whose content changes (the reader keeps it open).
 func writeAnon(t *testing.T, root, group string, active, inactive uint64) {
 	t.Helper()
 	s := "anon 1\nfile 2\ninactive_anon " + strconv.FormatUint(inactive, 10) + "\nactive_anon " + strconv.FormatUint(active, 10) + "\ninactive_file 0\n"
-	tmp := filepath.Join(root, group, ".memory.stat.tmp")
-	if err := os.WriteFile(tmp, []byte(s), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(root, group, "memory.stat")); err != nil {
+	if err := os.WriteFile(filepath.Join(root, group, "memory.stat"), []byte(s), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -109,11 +117,32 @@ func TestOpenAndRead(t *testing.T) {
 	if m, err := r.Read(); err != nil || m.NonReclaimable() != 7*mib {
 		t.Fatalf("after a change: %+v, %v", m, err)
 	}
-	if err := os.Remove(filepath.Join(root, "neon-postgres", "memory.stat")); err != nil {
+	// A file grown past the reader's buffer is read whole.
+	long := strings.Repeat("pgfault 1\n", 2000) + "active_anon 5\ninactive_anon 6\n"
+	if err := os.WriteFile(filepath.Join(root, "neon-postgres", "memory.stat"), []byte(long), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := r.Read(); err != nil || m.NonReclaimable() != 11 {
+		t.Fatalf("long memory.stat: %+v, %v", m, err)
+	}
+	// Garbage: an error, and the file is reopened at the next read, which
+	// fails while it is gone and works once it is back.
+	stat := filepath.Join(root, "neon-postgres", "memory.stat")
+	if err := os.WriteFile(stat, []byte("garbage\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := r.Read(); err == nil {
+		t.Fatalf("read %+v from garbage", m)
+	}
+	if err := os.Remove(stat); err != nil {
 		t.Fatal(err)
 	}
 	if m, err := r.Read(); err == nil {
 		t.Fatalf("read %+v from a missing memory.stat", m)
+	}
+	writeAnon(t, root, "neon-postgres", 1*mib, 2*mib)
+	if m, err := r.Read(); err != nil || m.NonReclaimable() != 3*mib {
+		t.Fatalf("after memory.stat came back: %+v, %v", m, err)
 	}
 }
 
@@ -208,4 +237,33 @@ func stepWhenWaiting(t *testing.T, clk *clocktesting.FakeClock) {
 		return nil
 	})
 	clk.Step(SampleInterval)
+}
+
+// One sample as the watcher takes it, ten times a second.
+func BenchmarkRead(b *testing.B) {
+	root := b.TempDir()
+	dir := filepath.Join(root, "neon-postgres")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	data, err := os.ReadFile("testdata/memory.stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "memory.stat"), data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.controllers"), []byte("memory\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	r, err := Open(root, "neon-postgres")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := r.Read(); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
