@@ -131,7 +131,8 @@ func InstallNeonVMFiles(rootfs string, bins GuestBinaries) error {
 		}
 		switch b.name {
 		case "vm-monitor":
-			line := "::respawn:/neonvm/bin/vm-monitor --cgroup=neon-postgres"
+			// Metrics on the guest's loopback only (read over the exec channel).
+			line := "::respawn:/neonvm/bin/vm-monitor --cgroup=neon-postgres --metrics-addr=127.0.0.1:9101"
 			if hasPostgres {
 				// busybox init runs a line holding quotes through sh -c.
 				line += " --pgconnstr='" + MonitorPgConnstr + "'"

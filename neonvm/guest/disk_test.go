@@ -84,7 +84,7 @@ func TestBuildDiskFromImageTarball(t *testing.T) {
 		}
 	}
 	// No Postgres in this image: the monitor watches the cgroup only.
-	if !strings.Contains(inittab, "::respawn:/neonvm/bin/vm-monitor --cgroup=neon-postgres\n") {
+	if !strings.Contains(inittab, "::respawn:/neonvm/bin/vm-monitor --cgroup=neon-postgres --metrics-addr=127.0.0.1:9101\n") {
 		t.Errorf("inittab does not start vm-monitor on the cgroup alone:\n%s", inittab)
 	}
 	if strings.Contains(inittab, "postgres-start") {

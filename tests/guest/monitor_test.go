@@ -3,6 +3,7 @@ package guest
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -11,6 +12,8 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/vmscale/vmscale/neonvm/guestexec"
+	"github.com/vmscale/vmscale/neonvm/runner"
 	"github.com/vmscale/vmscale/pkg/api"
 	"github.com/vmscale/vmscale/pkg/monitor/cgroup"
 	"github.com/vmscale/vmscale/pkg/monitor/filecache"
@@ -60,15 +63,9 @@ func TestMonitorInGuest(t *testing.T) {
 	mon := &monitorClient{t: t, c: c}
 	mon.call(2, api.HealthCheck{}, `{"type":"HealthCheck","id":2}`)
 	// The monitor's footprint while it only samples: a 10 s window (guest
-	// time) with the agent connected and nothing else asked of it.
-	idle := cpuSample(t, p)
-	poll(t, time.Minute, "10 s of guest time", func() error {
-		if s := cpuSample(t, p); s.uptime-idle.uptime < 10 {
-			return fmt.Errorf("%.1f s so far", s.uptime-idle.uptime)
-		}
-		return nil
-	})
-	idleEnd := cpuSample(t, p)
+	// time, measured in one exec so the test itself adds no load) with the
+	// agent connected and nothing else asked of it.
+	idle, idleEnd := cpuWindow(t, p, 10)
 	rss, cpu := idleEnd.since(idle)
 	t.Logf("FIGURE guest (TCG): vm-monitor sampling only: RSS %.1f MiB, CPU %.2f%% of a core (user %d, system %d ticks over %.1f s)",
 		float64(rss)/mib, cpu, idleEnd.user-idle.user, idleEnd.system-idle.system, idleEnd.uptime-idle.uptime)
@@ -112,6 +109,28 @@ func TestMonitorInGuest(t *testing.T) {
 		t.Fatalf("first unsolicited frame %s (%v), want an UpscaleRequest with an odd id", data, err)
 	}
 	t.Logf("FIGURE guest: hog started → UpscaleRequest received: %s", time.Since(start).Round(time.Millisecond))
+	// The monitor's own measure: first sample at the threshold → request
+	// written to the socket.
+	poll(t, 30*time.Second, "the monitor's upscale request latency", func() error {
+		out, err := p.exec("/neonvm/bin/busybox wget -qO- http://127.0.0.1:9101/metrics")
+		if err != nil {
+			return err
+		}
+		var sum, count string
+		for _, line := range strings.Split(out, "\n") {
+			if v, ok := strings.CutPrefix(line, "vmscale_monitor_upscale_request_latency_seconds_sum "); ok {
+				sum = v
+			}
+			if v, ok := strings.CutPrefix(line, "vmscale_monitor_upscale_request_latency_seconds_count "); ok {
+				count = v
+			}
+		}
+		if count != "1" {
+			return fmt.Errorf("latency histogram count %q, want 1", count)
+		}
+		t.Logf("FIGURE guest: threshold crossed (first sample at it) → UpscaleRequest on the socket: %s s (the monitor's histogram)", sum)
+		return nil
+	})
 	rss, cpu = cpuSample(t, p).since(sample)
 	t.Logf("FIGURE guest (TCG): vm-monitor during the downscale, the hog and the request: RSS %.1f MiB, CPU %.2f%% of a core", float64(rss)/mib, cpu)
 
@@ -228,13 +247,41 @@ type procSample struct {
 	rss          uint64
 }
 
+// monitorProcScript prints the guest's uptime and vm-monitor's stat and
+// VmRSS lines.
+const monitorProcScript = `pid=$(/neonvm/bin/busybox pidof vm-monitor); ` +
+	`cut -d' ' -f1 /proc/uptime; cut -d')' -f2 /proc/$pid/stat; grep VmRSS /proc/$pid/status`
+
 func cpuSample(t *testing.T, p *runnerProc) procSample {
 	t.Helper()
-	out, err := p.exec(`for d in /proc/[0-9]*; do [ "$(cat $d/comm 2>/dev/null)" = vm-monitor ] && pid=${d#/proc/}; done; ` +
-		`cut -d' ' -f1 /proc/uptime; cut -d')' -f2 /proc/$pid/stat; grep VmRSS /proc/$pid/status`)
+	out, err := p.exec(monitorProcScript)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return parseProcSample(t, out)
+}
+
+// cpuWindow samples, waits seconds in the guest, and samples again, all in
+// one command.
+func cpuWindow(t *testing.T, p *runnerProc, seconds int) (procSample, procSample) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(seconds)*time.Second+time.Minute)
+	defer cancel()
+	r, err := guestexec.Exec(ctx, filepath.Join(p.run, runner.ExecSocket),
+		fmt.Sprintf("%s; echo ---; sleep %d; %s", monitorProcScript, seconds, monitorProcScript))
+	if err != nil || r.ExitCode != 0 {
+		t.Fatalf("measure the monitor in the guest: %v %+v", err, r)
+	}
+	out := r.Output
+	a, b, ok := strings.Cut(out, "---")
+	if !ok {
+		t.Fatalf("window output %q", out)
+	}
+	return parseProcSample(t, a), parseProcSample(t, b)
+}
+
+func parseProcSample(t *testing.T, out string) procSample {
+	t.Helper()
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) < 3 {
 		t.Fatalf("cannot read vm-monitor's /proc entries: %q", out)
@@ -242,9 +289,8 @@ func cpuSample(t *testing.T, p *runnerProc) procSample {
 	var s procSample
 	s.uptime, _ = strconv.ParseFloat(strings.TrimSpace(lines[0]), 64)
 	f := strings.Fields(lines[1])
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	s.user, s.system = ut, st
+	s.user, _ = strconv.ParseInt(f[11], 10, 64)
+	s.system, _ = strconv.ParseInt(f[12], 10, 64)
 	kb, _ := strconv.ParseUint(strings.Fields(lines[2])[1], 10, 64)
 	s.rss = kb * 1024
 	return s
