@@ -19,7 +19,7 @@ import (
 	"github.com/vmscale/vmscale/pkg/monitor/filecache"
 )
 
-const mib = 1 << 20
+const monMiB = 1 << 20
 
 // The vm-monitor in the real guest, reached through the runner's loopback
 // forward of port 10301: real cgroup v2 memory.stat of neon-postgres, real
@@ -65,11 +65,11 @@ func TestMonitorInGuest(t *testing.T) {
 	// The monitor's footprint while it only samples: a 10 s window (guest
 	// time, measured in one exec so the test itself adds no load) with the
 	// agent connected and nothing else asked of it.
-	idle, idleEnd := cpuWindow(t, p, 10)
+	idle, idleEnd := monitorProcWindow(t, p, 10)
 	rss, cpu := idleEnd.since(idle)
 	t.Logf("FIGURE guest (TCG): vm-monitor sampling only: RSS %.1f MiB, CPU %.2f%% of a core (user %d, system %d ticks over %.1f s)",
-		float64(rss)/mib, cpu, idleEnd.user-idle.user, idleEnd.system-idle.system, idleEnd.uptime-idle.uptime)
-	sample := cpuSample(t, p) // the monitor's CPU from here to the upscale request
+		float64(rss)/monMiB, cpu, idleEnd.user-idle.user, idleEnd.system-idle.system, idleEnd.uptime-idle.uptime)
+	sample := sampleMonitorProc(t, p) // the monitor's CPU from here to the upscale request
 
 	// At setup the monitor sized the cache for the guest's MemTotal: on
 	// stock Postgres that is effective_cache_size.
@@ -80,15 +80,15 @@ func TestMonitorInGuest(t *testing.T) {
 
 	// What neon-postgres uses now, from its real cgroup v2 memory.stat.
 	base := neonPostgresAnon(t, p)
-	t.Logf("guest MemTotal %d MiB; neon-postgres anonymous memory %d MiB", memTotal/mib, base/mib)
+	t.Logf("guest MemTotal %d MiB; neon-postgres anonymous memory %d MiB", memTotal/monMiB, base/monMiB)
 
 	// A downscale leaving the threshold 150 MiB above use is approved.
-	usable := (base + 150*mib) * 100 / 85
-	target := api.Allocation{Cpu: 1, Mem: usable + 100*mib}
+	usable := (base + 150*monMiB) * 100 / 85
+	target := api.Allocation{Cpu: 1, Mem: usable + 100*monMiB}
 	mon.send(4, api.DownscaleRequest{Target: target})
 	got := mon.readSkippingUpscales()
 	want := fmt.Sprintf(`{"type":"DownscaleResult","Ok":true,"Status":"set file cache size to %d MiB; set cgroup memory threshold to %s","id":4}`,
-		cache.Size(usable)/mib, cgroup.FormatBytes(cgroup.Threshold(usable)))
+		cache.Size(usable)/monMiB, cgroup.FormatBytes(cgroup.Threshold(usable)))
 	if got != want {
 		t.Fatalf("downscale above use:\n got %s\nwant %s", got, want)
 	}
@@ -102,7 +102,7 @@ func TestMonitorInGuest(t *testing.T) {
 	_ = c.SetReadDeadline(time.Now().Add(2 * time.Minute))
 	_, data, err := c.ReadMessage()
 	if err != nil {
-		t.Fatalf("no UpscaleRequest with a memory hog in neon-postgres: %v (memory.stat now %d MiB anon)", err, neonPostgresAnon(t, p)/mib)
+		t.Fatalf("no UpscaleRequest with a memory hog in neon-postgres: %v (memory.stat now %d MiB anon)", err, neonPostgresAnon(t, p)/monMiB)
 	}
 	env, err := api.DecodeFromMonitor(data)
 	if err != nil || env.Message.MessageType() != api.TypeUpscaleRequest || env.ID%2 != 1 {
@@ -131,8 +131,8 @@ func TestMonitorInGuest(t *testing.T) {
 		t.Logf("FIGURE guest: threshold crossed (first sample at it) → UpscaleRequest on the socket: %s s (the monitor's histogram)", sum)
 		return nil
 	})
-	rss, cpu = cpuSample(t, p).since(sample)
-	t.Logf("FIGURE guest (TCG): vm-monitor during the downscale, the hog and the request: RSS %.1f MiB, CPU %.2f%% of a core", float64(rss)/mib, cpu)
+	rss, cpu = sampleMonitorProc(t, p).since(sample)
+	t.Logf("FIGURE guest (TCG): vm-monitor during the downscale, the hog and the request: RSS %.1f MiB, CPU %.2f%% of a core", float64(rss)/monMiB, cpu)
 
 	// The same downscale is now below what is in use: denied, with the reason.
 	mon.send(6, api.DownscaleRequest{Target: target})
@@ -142,11 +142,11 @@ func TestMonitorInGuest(t *testing.T) {
 	}
 
 	// The agent grants 1 GiB: the cache grows to match.
-	mon.send(8, api.UpscaleNotification{Granted: api.Allocation{Cpu: 1, Mem: 1<<30 + 100*mib}})
+	mon.send(8, api.UpscaleNotification{Granted: api.Allocation{Cpu: 1, Mem: 1<<30 + 100*monMiB}})
 	if got := mon.readSkippingUpscales(); got != `{"type":"UpscaleConfirmation","id":8}` {
 		t.Errorf("upscale: %s", got)
 	}
-	waitCacheSize(t, pg, 698*mib)
+	waitCacheSize(t, pg, 698*monMiB)
 }
 
 type monitorClient struct {
@@ -240,8 +240,8 @@ func waitCacheSize(t *testing.T, connstr string, want uint64) {
 	})
 }
 
-// procSample is the monitor's CPU time and RSS and the guest's uptime.
-type procSample struct {
+// monitorProc is the monitor's CPU time and RSS and the guest's uptime.
+type monitorProc struct {
 	uptime       float64 // s
 	user, system int64   // clock ticks
 	rss          uint64
@@ -252,18 +252,18 @@ type procSample struct {
 const monitorProcScript = `pid=$(/neonvm/bin/busybox pidof vm-monitor); ` +
 	`cut -d' ' -f1 /proc/uptime; cut -d')' -f2 /proc/$pid/stat; grep VmRSS /proc/$pid/status`
 
-func cpuSample(t *testing.T, p *runnerProc) procSample {
+func sampleMonitorProc(t *testing.T, p *runnerProc) monitorProc {
 	t.Helper()
 	out, err := p.exec(monitorProcScript)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return parseProcSample(t, out)
+	return parseMonitorProc(t, out)
 }
 
-// cpuWindow samples, waits seconds in the guest, and samples again, all in
+// monitorProcWindow samples, waits seconds in the guest, and samples again, all in
 // one command.
-func cpuWindow(t *testing.T, p *runnerProc, seconds int) (procSample, procSample) {
+func monitorProcWindow(t *testing.T, p *runnerProc, seconds int) (monitorProc, monitorProc) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(seconds)*time.Second+time.Minute)
 	defer cancel()
@@ -277,16 +277,16 @@ func cpuWindow(t *testing.T, p *runnerProc, seconds int) (procSample, procSample
 	if !ok {
 		t.Fatalf("window output %q", out)
 	}
-	return parseProcSample(t, a), parseProcSample(t, b)
+	return parseMonitorProc(t, a), parseMonitorProc(t, b)
 }
 
-func parseProcSample(t *testing.T, out string) procSample {
+func parseMonitorProc(t *testing.T, out string) monitorProc {
 	t.Helper()
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) < 3 {
 		t.Fatalf("cannot read vm-monitor's /proc entries: %q", out)
 	}
-	var s procSample
+	var s monitorProc
 	s.uptime, _ = strconv.ParseFloat(strings.TrimSpace(lines[0]), 64)
 	f := strings.Fields(lines[1])
 	s.user, _ = strconv.ParseInt(f[11], 10, 64)
@@ -298,7 +298,7 @@ func parseProcSample(t *testing.T, out string) procSample {
 
 // since is the RSS now and the CPU share between two samples (in % of a
 // core, guest time).
-func (s procSample) since(before procSample) (uint64, float64) {
+func (s monitorProc) since(before monitorProc) (uint64, float64) {
 	elapsed := s.uptime - before.uptime
 	if elapsed <= 0 {
 		return s.rss, 0

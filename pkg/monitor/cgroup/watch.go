@@ -75,7 +75,11 @@ func (w *Watcher) Sample() {
 		w.OnSample(s, threshold, err)
 	}
 	if want {
-		w.log.Info("memory use reached the threshold; asking for an upscale",
+		level := slog.LevelDebug // repeats, once a second while the pressure lasts
+		if !req.CrossedAt.IsZero() {
+			level = slog.LevelInfo
+		}
+		w.log.Log(context.Background(), level, "memory use is at the threshold; asking for an upscale",
 			"avgNonReclaimable", s.Avg, "threshold", threshold)
 		select {
 		case w.requests <- req:
