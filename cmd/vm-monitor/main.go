@@ -25,6 +25,8 @@ import (
 	"github.com/vmscale/vmscale/pkg/monitor"
 	"github.com/vmscale/vmscale/pkg/monitor/cgroup"
 	"github.com/vmscale/vmscale/pkg/monitor/filecache"
+	"github.com/vmscale/vmscale/pkg/monitor/filecache/postgres"
+	"github.com/vmscale/vmscale/pkg/monitor/pressure"
 )
 
 func main() {
@@ -67,7 +69,7 @@ func run(log *slog.Logger, addr, group, connstr, metricsAddr, mount, proc string
 	if _, err := core.MemTotal(); err != nil {
 		return err
 	}
-	var upscales <-chan cgroup.Request
+	var upscales <-chan pressure.Request
 	if group != "" {
 		r, err := cgroup.Open(mount, group)
 		if err != nil {
@@ -77,10 +79,10 @@ func run(log *slog.Logger, addr, group, connstr, metricsAddr, mount, proc string
 		core.Watcher.OnSample = core.ObserveSample
 		upscales = core.Watcher.Requests()
 		go core.Watcher.Run(ctx)
-		log.Info("watching cgroup memory", "dir", r.Dir(), "interval", cgroup.SampleInterval)
+		log.Info("watching cgroup memory", "dir", r.Dir(), "interval", pressure.SampleInterval)
 	}
 	if connstr != "" {
-		pg, err := filecache.NewPostgres(connstr, log.With("component", "filecache"))
+		pg, err := postgres.New(connstr, log.With("component", "filecache"))
 		if err != nil {
 			return err
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/vmscale/vmscale/pkg/api"
 	"github.com/vmscale/vmscale/pkg/monitor/cgroup"
 	"github.com/vmscale/vmscale/pkg/monitor/filecache"
+	"github.com/vmscale/vmscale/pkg/monitor/pressure"
 )
 
 // SysBuffer is the memory kept for the guest's own system (kernel, init,
@@ -63,7 +64,7 @@ func (c *Core) Setup(ctx context.Context) error {
 		}
 	}
 	if c.Watcher != nil {
-		c.setThreshold(cgroup.Threshold(mem))
+		c.setThreshold(pressure.Threshold(mem))
 	}
 	c.Log.Info("agent session set up", "memTotal", mem, "cgroup", c.Watcher != nil, "fileCache", c.Cache != nil)
 	return nil
@@ -79,7 +80,7 @@ func (c *Core) Upscale(ctx context.Context, granted api.Allocation) error {
 		}
 	}
 	if c.Watcher != nil {
-		c.setThreshold(cgroup.Threshold(usable))
+		c.setThreshold(pressure.Threshold(usable))
 	}
 	c.Log.Info("upscaled", "cpu", granted.Cpu, "mem", granted.Mem, "usable", usable)
 	return nil
@@ -95,7 +96,7 @@ func (c *Core) Downscale(ctx context.Context, target api.Allocation) (api.Downsc
 	usable := Usable(target.Mem)
 	var threshold uint64
 	if c.Watcher != nil {
-		v, err := cgroup.DecideDownscale(c.Clock.Now(), c.Watcher.Stats(), usable)
+		v, err := pressure.DecideDownscale(c.Clock.Now(), c.Watcher.Stats(), usable)
 		if err != nil {
 			return api.DownscaleResult{}, err
 		}
@@ -115,7 +116,7 @@ func (c *Core) Downscale(ctx context.Context, target api.Allocation) (api.Downsc
 	}
 	if c.Watcher != nil {
 		c.setThreshold(threshold)
-		steps = append(steps, "set cgroup memory threshold to "+cgroup.FormatBytes(threshold))
+		steps = append(steps, "set cgroup memory threshold to "+pressure.FormatBytes(threshold))
 	}
 	return api.DownscaleResult{Ok: true, Status: strings.Join(steps, "; ")}, nil
 }
@@ -143,7 +144,7 @@ func (c *Core) setThreshold(bytes uint64) {
 
 // ObserveSample feeds the watcher's samples into the metrics; set it as
 // the watcher's OnSample.
-func (c *Core) ObserveSample(s cgroup.Stats, _ uint64, err error) {
+func (c *Core) ObserveSample(s pressure.Stats, _ uint64, err error) {
 	if err != nil {
 		c.Metrics.CgroupReadErrors.Inc()
 		return

@@ -13,6 +13,7 @@ import (
 	"github.com/vmscale/vmscale/pkg/api"
 	"github.com/vmscale/vmscale/pkg/monitor/cgroup"
 	"github.com/vmscale/vmscale/pkg/monitor/filecache"
+	"github.com/vmscale/vmscale/pkg/monitor/pressure"
 )
 
 const (
@@ -75,7 +76,7 @@ func newCore(t *testing.T, withCgroup, withCache bool) *coreFixture {
 func (f *coreFixture) samples(n int, bytes uint64) {
 	f.sampler.bytes = bytes
 	for range n {
-		f.clock.Step(cgroup.SampleInterval)
+		f.clock.Step(pressure.SampleInterval)
 		f.core.Watcher.Sample()
 	}
 }
@@ -99,10 +100,10 @@ func TestCoreSetupSizesForMemTotal(t *testing.T) {
 	if len(f.cache.sizes) != 1 || f.cache.sizes[0] != 698*mib {
 		t.Errorf("cache sized %v, want 698 MiB for 1 GiB", f.cache.sizes)
 	}
-	if got := f.core.Watcher.Threshold(); got != cgroup.Threshold(gib) {
+	if got := f.core.Watcher.Threshold(); got != pressure.Threshold(gib) {
 		t.Errorf("threshold %d, want 0.85 GiB", got)
 	}
-	if got := testutil.ToFloat64(f.core.Metrics.MemoryThreshold); got != float64(cgroup.Threshold(gib)) {
+	if got := testutil.ToFloat64(f.core.Metrics.MemoryThreshold); got != float64(pressure.Threshold(gib)) {
 		t.Errorf("threshold metric %v", got)
 	}
 
@@ -131,7 +132,7 @@ func TestCoreUpscale(t *testing.T) {
 	if len(f.cache.sizes) != 1 || f.cache.sizes[0] != 3072*mib {
 		t.Errorf("cache sized %v", f.cache.sizes)
 	}
-	if got := f.core.Watcher.Threshold(); got != cgroup.Threshold(4*gib) {
+	if got := f.core.Watcher.Threshold(); got != pressure.Threshold(4*gib) {
 		t.Errorf("threshold %d", got)
 	}
 	f.cache.err = errors.New("broken pipe")
@@ -139,7 +140,7 @@ func TestCoreUpscale(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "broken pipe") {
 		t.Errorf("upscale with a broken cache: %v", err)
 	}
-	if got := f.core.Watcher.Threshold(); got != cgroup.Threshold(4*gib) {
+	if got := f.core.Watcher.Threshold(); got != pressure.Threshold(4*gib) {
 		t.Errorf("threshold moved to %d though the upscale failed", got)
 	}
 }
@@ -150,7 +151,7 @@ func TestCoreDownscale(t *testing.T) {
 	target := api.Allocation{Cpu: 0.5, Mem: 2 * gib}
 
 	// No samples yet: stale.
-	if _, err := f.core.Downscale(ctx, target); !errors.Is(err, cgroup.ErrStale) {
+	if _, err := f.core.Downscale(ctx, target); !errors.Is(err, pressure.ErrStale) {
 		t.Errorf("without samples: %v", err)
 	}
 	// One sample: not enough.
@@ -176,12 +177,12 @@ func TestCoreDownscale(t *testing.T) {
 	if err != nil || !res.Ok || res.Status != want {
 		t.Errorf("room to spare: %+v, %v; want status %q", res, err, want)
 	}
-	if got := f.core.Watcher.Threshold(); got != cgroup.Threshold(2*gib-100*mib) {
+	if got := f.core.Watcher.Threshold(); got != pressure.Threshold(2*gib-100*mib) {
 		t.Errorf("threshold %d after the downscale", got)
 	}
 	// Samples stop (memory.stat unreadable) for over 5 s: stale again.
 	f.clock.Step(6 * time.Second)
-	if _, err := f.core.Downscale(ctx, target); !errors.Is(err, cgroup.ErrStale) {
+	if _, err := f.core.Downscale(ctx, target); !errors.Is(err, pressure.ErrStale) {
 		t.Errorf("after 6 s without samples: %v", err)
 	}
 	// A cache error fails the request rather than lying about it.

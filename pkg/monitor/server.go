@@ -20,7 +20,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/vmscale/vmscale/pkg/api"
-	"github.com/vmscale/vmscale/pkg/monitor/cgroup"
+	"github.com/vmscale/vmscale/pkg/monitor/pressure"
 )
 
 // Path is where the agent connects.
@@ -50,7 +50,7 @@ type Handler interface {
 // time: a new connection ends the previous session before it starts.
 type Server struct {
 	handler   Handler
-	upscales  <-chan cgroup.Request
+	upscales  <-chan pressure.Request
 	log       *slog.Logger
 	metrics   *Metrics
 	clock     clock.PassiveClock
@@ -63,7 +63,7 @@ type Server struct {
 
 // NewServer makes a server for h; upscales (nil without a cgroup) carries
 // the watcher's decisions to ask for more memory.
-func NewServer(h Handler, upscales <-chan cgroup.Request, log *slog.Logger, m *Metrics, clk clock.PassiveClock) *Server {
+func NewServer(h Handler, upscales <-chan pressure.Request, log *slog.Logger, m *Metrics, clk clock.PassiveClock) *Server {
 	return &Server{
 		handler: h, upscales: upscales, log: log, metrics: m, clock: clk, handshake: HandshakeTimeout,
 		upgrader: websocket.Upgrader{

@@ -21,7 +21,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/vmscale/vmscale/pkg/api"
-	"github.com/vmscale/vmscale/pkg/monitor/cgroup"
+	"github.com/vmscale/vmscale/pkg/monitor/pressure"
 	"github.com/vmscale/vmscale/tests/poll"
 )
 
@@ -99,13 +99,13 @@ type testServer struct {
 	*Server
 	url      string
 	metrics  *Metrics
-	upscales chan cgroup.Request
+	upscales chan pressure.Request
 }
 
 func startServer(t *testing.T, h Handler) *testServer {
 	t.Helper()
 	m := NewMetrics(prometheus.NewRegistry())
-	up := make(chan cgroup.Request, 1)
+	up := make(chan pressure.Request, 1)
 	s := NewServer(h, up, testLog(t), m, clock.RealClock{})
 	hs := httptest.NewServer(s.Routes())
 	t.Cleanup(func() { s.Close(); hs.Close() })
@@ -361,7 +361,7 @@ func TestInvalidMessages(t *testing.T) {
 }
 
 func TestInternalErrors(t *testing.T) {
-	h := &fakeHandler{upErr: errors.New("postgres is down"), downErr: cgroup.ErrStale}
+	h := &fakeHandler{upErr: errors.New("postgres is down"), downErr: pressure.ErrStale}
 	srv := startServer(t, h)
 	a := connect(t, srv.url)
 	a.send(2, api.UpscaleNotification{Granted: api.Allocation{Cpu: 1, Mem: 1 << 30}})
@@ -417,17 +417,17 @@ func TestNewAgentReplacesOld(t *testing.T) {
 // The watcher's decisions go out as UpscaleRequests with odd ids from 3.
 func TestUpscaleRequests(t *testing.T) {
 	srv := startServer(t, &fakeHandler{})
-	srv.upscales <- cgroup.Request{CrossedAt: time.Now()} // nobody connected: dropped
+	srv.upscales <- pressure.Request{CrossedAt: time.Now()} // nobody connected: dropped
 	a := connect(t, srv.url)
 	a.send(2, api.HealthCheck{})
 	if got := a.readRaw(); got != `{"type":"HealthCheck","id":2}` {
 		t.Fatalf("first frame %s: a stale upscale request was sent", got)
 	}
-	srv.upscales <- cgroup.Request{CrossedAt: time.Now().Add(-300 * time.Millisecond)}
+	srv.upscales <- pressure.Request{CrossedAt: time.Now().Add(-300 * time.Millisecond)}
 	if got := a.readRaw(); got != `{"type":"UpscaleRequest","id":3}` {
 		t.Errorf("first request %s", got)
 	}
-	srv.upscales <- cgroup.Request{}
+	srv.upscales <- pressure.Request{}
 	env := a.read()
 	if env.ID != 5 || env.Message.(api.UpscaleRequest).Wanted() != (api.MoreResources{Memory: true}) {
 		t.Errorf("second request %+v", env)

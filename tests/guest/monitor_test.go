@@ -17,6 +17,7 @@ import (
 	"github.com/vmscale/vmscale/pkg/api"
 	"github.com/vmscale/vmscale/pkg/monitor/cgroup"
 	"github.com/vmscale/vmscale/pkg/monitor/filecache"
+	"github.com/vmscale/vmscale/pkg/monitor/pressure"
 )
 
 const monMiB = 1 << 20
@@ -88,7 +89,7 @@ func TestMonitorInGuest(t *testing.T) {
 	mon.send(4, api.DownscaleRequest{Target: target})
 	got := mon.readSkippingUpscales()
 	want := fmt.Sprintf(`{"type":"DownscaleResult","Ok":true,"Status":"set file cache size to %d MiB; set cgroup memory threshold to %s","id":4}`,
-		cache.Size(usable)/monMiB, cgroup.FormatBytes(cgroup.Threshold(usable)))
+		cache.Size(usable)/monMiB, pressure.FormatBytes(pressure.Threshold(usable)))
 	if got != want {
 		t.Fatalf("downscale above use:\n got %s\nwant %s", got, want)
 	}

@@ -1,3 +1,7 @@
+// Package cgroup watches the memory of the cgroup v2 group Postgres runs in
+// (neon-postgres) for the vm-monitor: it reads memory.stat every 100 ms and
+// feeds package pressure, whose decisions to ask for an upscale come out of
+// Watcher.Requests. It never writes memory.high or memory.max.
 package cgroup
 
 import (

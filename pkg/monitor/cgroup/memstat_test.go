@@ -14,6 +14,7 @@ import (
 
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/vmscale/vmscale/pkg/monitor/pressure"
 	"github.com/vmscale/vmscale/tests/poll"
 )
 
@@ -103,6 +104,10 @@ func writeAnon(t *testing.T, root, group string, active, inactive uint64) {
 	}
 }
 
+const mib = 1 << 20
+
+var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
 func TestOpenAndRead(t *testing.T) {
 	root := fakeCgroupFS(t, "neon-postgres", "cpu memory pids")
 	r, err := Open(root, "neon-postgres")
@@ -185,7 +190,7 @@ func TestWatcherLoop(t *testing.T) {
 	fs := fakeSampler{v: make(chan uint64, 100)}
 	w := NewWatcher(fs, clk, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	samples := make(chan error, 100)
-	w.OnSample = func(_ Stats, _ uint64, err error) { samples <- err }
+	w.OnSample = func(_ pressure.Stats, _ uint64, err error) { samples <- err }
 	w.SetThreshold(100 * mib)
 
 	done := make(chan struct{})
@@ -207,8 +212,8 @@ func TestWatcherLoop(t *testing.T) {
 	select {
 	case r := <-w.Requests():
 		// avg: (10+500)/2 = 255 MiB ≥ 100 MiB at the second sample.
-		if !r.CrossedAt.Equal(t0.Add(SampleInterval)) {
-			t.Errorf("crossed at %v, want %v", r.CrossedAt, t0.Add(SampleInterval))
+		if !r.CrossedAt.Equal(t0.Add(pressure.SampleInterval)) {
+			t.Errorf("crossed at %v, want %v", r.CrossedAt, t0.Add(pressure.SampleInterval))
 		}
 	default:
 		t.Fatal("no upscale request after the average passed the threshold")
@@ -221,7 +226,7 @@ func TestWatcherLoop(t *testing.T) {
 	if err := <-samples; err == nil {
 		t.Fatal("no error from an empty sampler")
 	}
-	if s := w.Stats(); !s.LastSample.Equal(t0.Add(4 * SampleInterval)) {
+	if s := w.Stats(); !s.LastSample.Equal(t0.Add(4 * pressure.SampleInterval)) {
 		t.Errorf("last sample %v after a failed read", s.LastSample)
 	}
 }
@@ -236,7 +241,7 @@ func stepWhenWaiting(t *testing.T, clk *clocktesting.FakeClock) {
 		}
 		return nil
 	})
-	clk.Step(SampleInterval)
+	clk.Step(pressure.SampleInterval)
 }
 
 // One sample as the watcher takes it, ten times a second.

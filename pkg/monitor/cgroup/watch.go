@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"k8s.io/utils/clock"
+
+	"github.com/vmscale/vmscale/pkg/monitor/pressure"
 )
 
 // Sampler reads memory.stat; *Reader is the real one.
@@ -13,7 +15,8 @@ type Sampler interface {
 	Read() (MemoryStat, error)
 }
 
-// Watcher samples a cgroup every SampleInterval and feeds a Tracker; its
+// Watcher samples a cgroup every pressure.SampleInterval and feeds a
+// pressure.Tracker; its
 // upscale decisions come out of Requests.
 type Watcher struct {
 	sampler Sampler
@@ -21,22 +24,22 @@ type Watcher struct {
 	log     *slog.Logger
 
 	// OnSample, when set, is called after every sample (for metrics).
-	OnSample func(s Stats, threshold uint64, err error)
+	OnSample func(s pressure.Stats, threshold uint64, err error)
 
 	mu       sync.Mutex
-	tracker  Tracker
+	tracker  pressure.Tracker
 	failing  bool
-	requests chan Request
+	requests chan pressure.Request
 }
 
 // NewWatcher makes a watcher; Run starts it.
 func NewWatcher(s Sampler, clk clock.WithTicker, log *slog.Logger) *Watcher {
-	return &Watcher{sampler: s, clock: clk, log: log, requests: make(chan Request, 1)}
+	return &Watcher{sampler: s, clock: clk, log: log, requests: make(chan pressure.Request, 1)}
 }
 
 // Run samples until ctx ends.
 func (w *Watcher) Run(ctx context.Context) {
-	t := w.clock.NewTicker(SampleInterval)
+	t := w.clock.NewTicker(pressure.SampleInterval)
 	defer t.Stop()
 	w.Sample()
 	for {
@@ -55,7 +58,7 @@ func (w *Watcher) Sample() {
 	m, err := w.sampler.Read()
 	now := w.clock.Now()
 	w.mu.Lock()
-	var req Request
+	var req pressure.Request
 	var want bool
 	if err == nil {
 		req, want = w.tracker.Observe(now, m.NonReclaimable())
@@ -89,10 +92,10 @@ func (w *Watcher) Sample() {
 }
 
 // Requests delivers the decisions to ask for an upscale.
-func (w *Watcher) Requests() <-chan Request { return w.requests }
+func (w *Watcher) Requests() <-chan pressure.Request { return w.requests }
 
 // Stats is the current sample window.
-func (w *Watcher) Stats() Stats {
+func (w *Watcher) Stats() pressure.Stats {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.tracker.Stats()

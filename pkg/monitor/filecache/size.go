@@ -1,9 +1,6 @@
-// Package filecache sizes Postgres's cache for the vm-monitor: how much of
-// the VM's memory the cache gets (a pure formula, size.go) and applying that
-// to a running Postgres (postgres.go). On Neon's Postgres the setting is its
-// local file cache (neon.file_cache_size_limit); on stock Postgres, which
-// has none, it is effective_cache_size, so the planner knows the memory the
-// VM really has.
+// Package filecache is how much of the VM's memory the vm-monitor gives
+// Postgres's cache: Neon's sizing formula, a pure function. Package
+// filecache/postgres applies the size to a running Postgres.
 package filecache
 
 import (

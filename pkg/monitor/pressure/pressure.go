@@ -1,12 +1,9 @@
-// Package cgroup watches the memory of the cgroup v2 group Postgres runs in
-// (neon-postgres) for the vm-monitor: it samples memory.stat every 100 ms,
-// keeps the average of the last samples of non-reclaimable memory, asks for
-// an upscale when that average reaches the threshold, and says whether a
-// downscale leaves enough room. It never writes memory.high or memory.max.
-//
-// pressure.go holds the decisions as pure functions of samples and times;
-// memstat.go and watch.go do the I/O.
-package cgroup
+// Package pressure is the vm-monitor's memory decisions as pure functions
+// of samples and times (no I/O, no clock of its own): the average of the
+// last samples of non-reclaimable memory, when to ask for an upscale (at the
+// threshold, at most once a second), and whether a downscale leaves enough
+// room. Package cgroup feeds it samples from memory.stat.
+package pressure
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package filecache
+package postgres
 
 import (
 	"context"
@@ -40,7 +40,7 @@ func pgBinaries(t *testing.T) string {
 		return bin
 	}
 	t.Log("PostgreSQL is not installed: installing it with hack/postgres.sh")
-	out, err := exec.Command("../../../hack/postgres.sh").CombinedOutput()
+	out, err := exec.Command("../../../../hack/postgres.sh").CombinedOutput()
 	if err != nil {
 		t.Fatalf("hack/postgres.sh: %v\n%s", err, out)
 	}

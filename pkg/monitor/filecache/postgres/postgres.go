@@ -1,4 +1,9 @@
-package filecache
+// Package postgres applies the vm-monitor's cache size to a running
+// Postgres over one persistent connection (pgx). On Neon's Postgres the
+// setting is its local file cache (neon.file_cache_size_limit); on stock
+// Postgres, which has none, it is effective_cache_size, so the planner
+// knows the memory the VM really has.
+package postgres
 
 import (
 	"context"
@@ -9,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/vmscale/vmscale/pkg/monitor/filecache"
 )
 
 // Setting is the Postgres setting that carries the cache size.
@@ -50,9 +57,9 @@ type Postgres struct {
 	maxSize uint64 // neon.max_file_cache_size, with NeonFileCache
 }
 
-// NewPostgres checks the connection string; it connects on first use (the
+// New checks the connection string; it connects on first use (the
 // server may not be up yet when the monitor starts).
-func NewPostgres(connstr string, log *slog.Logger) (*Postgres, error) {
+func New(connstr string, log *slog.Logger) (*Postgres, error) {
 	cfg, err := pgx.ParseConfig(connstr)
 	if err != nil {
 		return nil, fmt.Errorf("parse the postgres connection string: %w", err)
@@ -86,18 +93,18 @@ func (p *Postgres) Size(ctx context.Context) (uint64, error) {
 	return uint64(size), nil
 }
 
-// SetSize asks for a cache of bytes (whole MiB; the rest is dropped) and
+// SetSize asks for a cache of bytes (whole filecache.MiB; the rest is dropped) and
 // returns the size applied: with Neon's file cache, at most its maximum.
 // The change is written with ALTER SYSTEM and takes effect on the reload
 // it triggers.
 func (p *Postgres) SetSize(ctx context.Context, bytes uint64) (uint64, error) {
 	var applied uint64
 	err := p.do(ctx, "set the cache size", func(ctx context.Context) error {
-		applied = bytes / MiB * MiB
-		value := fmt.Sprintf("%dMB", applied/MiB)
+		applied = bytes / filecache.MiB * filecache.MiB
+		value := fmt.Sprintf("%dMB", applied/filecache.MiB)
 		if p.setting == NeonFileCache {
-			applied = min(applied, p.maxSize/MiB*MiB)
-			value = fmt.Sprintf("%dMB", applied/MiB)
+			applied = min(applied, p.maxSize/filecache.MiB*filecache.MiB)
+			value = fmt.Sprintf("%dMB", applied/filecache.MiB)
 		} else if applied == 0 {
 			// effective_cache_size is at least one 8 kB page.
 			applied, value = 8<<10, "8kB"
