@@ -16,8 +16,7 @@ type Sampler interface {
 }
 
 // Watcher samples a cgroup every pressure.SampleInterval and feeds a
-// pressure.Tracker; its
-// upscale decisions come out of Requests.
+// pressure.Tracker; its upscale decisions come out of Requests.
 type Watcher struct {
 	sampler Sampler
 	clock   clock.WithTicker

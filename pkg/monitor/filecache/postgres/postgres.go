@@ -93,7 +93,7 @@ func (p *Postgres) Size(ctx context.Context) (uint64, error) {
 	return uint64(size), nil
 }
 
-// SetSize asks for a cache of bytes (whole filecache.MiB; the rest is dropped) and
+// SetSize asks for a cache of bytes (whole MiB; the rest is dropped) and
 // returns the size applied: with Neon's file cache, at most its maximum.
 // The change is written with ALTER SYSTEM and takes effect on the reload
 // it triggers.

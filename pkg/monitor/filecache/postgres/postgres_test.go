@@ -12,19 +12,21 @@ import (
 	"github.com/vmscale/vmscale/tests/poll"
 )
 
+const MiB = filecache.MiB
+
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // waitSetting polls until another backend sees name = want bytes (the
 // reload is asynchronous).
 func waitSetting(t *testing.T, s *pgServer, name string, want uint64) {
 	t.Helper()
-	poll.Until(t, 10*time.Second, 20*time.Millisecond, fmt.Sprintf("%s = %d filecache.MiB", name, want/filecache.MiB), func() error {
+	poll.Until(t, 10*time.Second, 20*time.Millisecond, fmt.Sprintf("%s = %d MiB", name, want/MiB), func() error {
 		got, err := s.setting(t.Context(), name)
 		if err != nil {
 			return err
 		}
 		if uint64(got) != want {
-			return fmt.Errorf("%s is %d filecache.MiB", name, got/filecache.MiB)
+			return fmt.Errorf("%s is %d MiB", name, got/MiB)
 		}
 		return nil
 	})
@@ -52,18 +54,18 @@ func TestEffectiveCacheSizeOnStockPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("first SetSize (connect, detect, ALTER SYSTEM, reload): %s", time.Since(start))
-	if p.Setting() != EffectiveCacheSize || applied != 698*filecache.MiB {
-		t.Fatalf("sized %s to %d filecache.MiB, want effective_cache_size to 698 filecache.MiB", p.Setting(), applied/filecache.MiB)
+	if p.Setting() != EffectiveCacheSize || applied != 698*MiB {
+		t.Fatalf("sized %s to %d MiB, want effective_cache_size to 698 MiB", p.Setting(), applied/MiB)
 	}
-	if before == 698*filecache.MiB {
+	if before == 698*MiB {
 		t.Fatal("the default already equals the target: the test would prove nothing")
 	}
-	waitSetting(t, s, "effective_cache_size", 698*filecache.MiB)
-	if got, err := p.Size(ctx); err != nil || got != 698*filecache.MiB {
-		t.Errorf("Size = %d filecache.MiB, %v", got/filecache.MiB, err)
+	waitSetting(t, s, "effective_cache_size", 698*MiB)
+	if got, err := p.Size(ctx); err != nil || got != 698*MiB {
+		t.Errorf("Size = %d MiB, %v", got/MiB, err)
 	}
 
-	// Upscale to 4 GiB, then downscale to 512 filecache.MiB.
+	// Upscale to 4 GiB, then downscale to 512 MiB.
 	for _, total := range []uint64{4 << 30, 512 << 20} {
 		start := time.Now()
 		if _, err := p.SetSize(ctx, c.Size(total)); err != nil {
@@ -76,14 +78,14 @@ func TestEffectiveCacheSizeOnStockPostgres(t *testing.T) {
 	// A restart breaks the connection: the next call reconnects and retries.
 	pid := p.conn.PgConn().PID()
 	s.pgctl(t, "restart")
-	waitSetting(t, s, "effective_cache_size", 232*filecache.MiB) // ALTER SYSTEM persisted
+	waitSetting(t, s, "effective_cache_size", 232*MiB) // ALTER SYSTEM persisted
 	if _, err := p.SetSize(ctx, c.Size(2<<30)); err != nil {
 		t.Fatalf("after a restart: %v", err)
 	}
 	if p.conn.PgConn().PID() == pid {
 		t.Error("still on the old backend after a restart")
 	}
-	waitSetting(t, s, "effective_cache_size", 1536*filecache.MiB)
+	waitSetting(t, s, "effective_cache_size", 1536*MiB)
 
 	// Server down: an error, not a hang or a panic; back up: it works again.
 	s.pgctl(t, "stop")
@@ -96,7 +98,7 @@ func TestEffectiveCacheSizeOnStockPostgres(t *testing.T) {
 	if _, err := p.SetSize(ctx, c.Size(1<<30)); err != nil {
 		t.Fatalf("after the server came back: %v", err)
 	}
-	waitSetting(t, s, "effective_cache_size", 698*filecache.MiB)
+	waitSetting(t, s, "effective_cache_size", 698*MiB)
 }
 
 // With Neon's settings present (here as custom placeholders), the monitor
@@ -121,15 +123,15 @@ func TestNeonFileCacheSettings(t *testing.T) {
 		t.Fatalf("sizing %s with neon.max_file_cache_size defined", p.Setting())
 	}
 	c := filecache.DefaultConfig()
-	applied, err := p.SetSize(ctx, c.Size(4<<30)) // 3072 filecache.MiB, capped at 1 GiB
-	if err != nil || applied != 1024*filecache.MiB {
-		t.Fatalf("applied %d filecache.MiB, %v; want the 1024 filecache.MiB cap", applied/filecache.MiB, err)
+	applied, err := p.SetSize(ctx, c.Size(4<<30)) // 3072 MiB, capped at 1 GiB
+	if err != nil || applied != 1024*MiB {
+		t.Fatalf("applied %d MiB, %v; want the 1024 MiB cap", applied/MiB, err)
 	}
-	waitSetting(t, s, "neon.file_cache_size_limit", 1024*filecache.MiB)
+	waitSetting(t, s, "neon.file_cache_size_limit", 1024*MiB)
 	if _, err := p.SetSize(ctx, c.Size(1<<30)); err != nil {
 		t.Fatal(err)
 	}
-	waitSetting(t, s, "neon.file_cache_size_limit", 698*filecache.MiB)
+	waitSetting(t, s, "neon.file_cache_size_limit", 698*MiB)
 	if got, err := s.setting(ctx, "effective_cache_size"); err != nil || got != ecs {
 		t.Errorf("effective_cache_size changed to %d (%v) though Neon's cache is sized", got, err)
 	}
