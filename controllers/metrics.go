@@ -18,6 +18,10 @@ type Metrics struct {
 	qmpErrors *prometheus.CounterVec
 	scaling   *prometheus.HistogramVec
 	phases    *phaseCollector
+
+	migrations        *prometheus.CounterVec
+	migrationDuration prometheus.Histogram
+	migrationDowntime prometheus.Histogram
 }
 
 // NewMetrics registers the controller's metrics with reg; vms lists the VMs
@@ -39,10 +43,21 @@ func NewMetrics(reg prometheus.Registerer, vms client.Reader) *Metrics {
 			Name: "vmscale_neonvm_scaling_duration_seconds", Help: "From the controller seeing a VM's spec differ from its status to the status showing the spec.",
 			Buckets: prometheus.ExponentialBuckets(0.1, 2, 12),
 		}, []string{"mode"}),
+		migrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmscale_neonvm_migrations_total", Help: "Finished live migrations by outcome (succeeded, failed, cancelled).",
+		}, []string{"outcome"}),
+		migrationDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "vmscale_neonvm_migration_duration_seconds", Help: "QEMU's total time of successful live migrations.",
+			Buckets: prometheus.ExponentialBuckets(0.1, 2, 12),
+		}),
+		migrationDowntime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "vmscale_neonvm_migration_downtime_seconds", Help: "QEMU's downtime (guest paused) of successful live migrations.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
 		phases: &phaseCollector{vms: vms, desc: prometheus.NewDesc("vmscale_neonvm_vms", "VirtualMachines by phase.", []string{"phase"}, nil)},
 	}
 	if reg != nil {
-		reg.MustRegister(m.reconcile, m.qmpCalls, m.qmpErrors, m.scaling)
+		reg.MustRegister(m.reconcile, m.qmpCalls, m.qmpErrors, m.scaling, m.migrations, m.migrationDuration, m.migrationDowntime)
 		if vms != nil {
 			reg.MustRegister(m.phases)
 		}
@@ -57,6 +72,17 @@ func (m *Metrics) observeQMP(command string, start time.Time, err error) {
 	m.qmpCalls.WithLabelValues(command).Observe(time.Since(start).Seconds())
 	if err != nil {
 		m.qmpErrors.WithLabelValues(command).Inc()
+	}
+}
+
+func (m *Metrics) observeMigration(outcome string, total, downtime time.Duration) {
+	if m == nil {
+		return
+	}
+	m.migrations.WithLabelValues(outcome).Inc()
+	if outcome == "succeeded" {
+		m.migrationDuration.Observe(total.Seconds())
+		m.migrationDowntime.Observe(downtime.Seconds())
 	}
 }
 

@@ -40,6 +40,7 @@ type runConfig struct {
 	settings                       podspec.Settings
 	diskCopyCommand                string
 	disableRunnerCgroup, atMostOne bool
+	downtimeLimit                  time.Duration
 }
 
 func main() {
@@ -67,6 +68,7 @@ func main() {
 	flag.StringVar(&cfg.settings.DiskCacheSettings, "qemu-disk-cache-settings", "cache=none", "QEMU -drive cache settings of writable disks")
 	flag.BoolVar(&cfg.settings.UseVirtioConsole, "use-virtio-console", false, "guest console on hvc0")
 	flag.DurationVar(&cfg.settings.DiskSyncInterval, "disk-sync-interval", 0, "how often runners re-sync watched disks (0: the runner's 30s)")
+	flag.DurationVar(&cfg.downtimeLimit, "migration-downtime-limit", controllers.DefaultDowntimeLimit, "QEMU downtime-limit of live migrations: the longest pause QEMU plans for the final copy")
 	flag.BoolVar(&cfg.disableRunnerCgroup, "disable-runner-cgroup", true, "accepted for NeonVM compatibility: vmscale's runner never manages a QEMU cgroup")
 	flag.BoolVar(&cfg.atMostOne, "at-most-one-pod", false, "accepted for NeonVM compatibility: a stopped VM's pod is deleted before it restarts")
 	zapOpts := zap.Options{}
@@ -144,14 +146,25 @@ func run(ctx context.Context, cfg runConfig) error {
 	if cfg.settings.RunnerImage == "" {
 		return fmt.Errorf("--runner-image (or $VM_RUNNER_IMAGE) is required: the image runner pods run")
 	}
+	m := controllers.NewMetrics(metrics.Registry, mgr.GetCache())
 	if err := (&controllers.VMReconciler{
 		Client:                  mgr.GetClient(),
 		Recorder:                recorder,
 		Settings:                cfg.settings,
-		Metrics:                 controllers.NewMetrics(metrics.Registry, mgr.GetCache()),
+		Metrics:                 m,
 		MaxConcurrentReconciles: cfg.concurrency,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the VirtualMachine reconciler: %w", err)
+	}
+	if err := (&controllers.MigrationReconciler{
+		Client:                  mgr.GetClient(),
+		Recorder:                recorder,
+		Settings:                cfg.settings,
+		Metrics:                 m,
+		DowntimeLimit:           cfg.downtimeLimit,
+		MaxConcurrentReconciles: cfg.concurrency,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up the VirtualMachineMigration reconciler: %w", err)
 	}
 	if bundle != nil {
 		if err := mgr.Add(&webhookcert.Injector{

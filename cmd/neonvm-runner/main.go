@@ -64,19 +64,24 @@ func main() {
 		TapName: tap, PodNetwork: podNetwork, DaemonAddr: daemonAddr, ReceiveMigration: os.Getenv("RECEIVE_MIGRATION") == "true",
 		PodName: os.Getenv("K8S_POD_NAME"), Log: log,
 		Dirs: runner.Dirs{Images: imagesDir, Mounts: mountsDir, BaseRootDisk: rootDisk},
-	}, vmspec, httpAddr, forwards); err != nil {
+	}, vmspec, vmstatus, httpAddr, forwards); err != nil {
 		log.Error("neonvm-runner failed", "error", err.Error())
 		fmt.Fprintln(os.Stderr, "neonvm-runner:", err)
 		os.Exit(1)
 	}
 }
 
-func run(log *slog.Logger, cfg runner.Config, vmspec, httpAddr, forwards string) error {
+func run(log *slog.Logger, cfg runner.Config, vmspec, vmstatus, httpAddr, forwards string) error {
 	if vmspec == "" {
 		return fmt.Errorf("-vmspec is required")
 	}
 	if err := runner.DecodeSpec(vmspec, &cfg.Spec); err != nil {
 		return fmt.Errorf("-vmspec: %w", err)
+	}
+	if vmstatus != "" {
+		if err := runner.DecodeSpec(vmstatus, &cfg.Status); err != nil {
+			return fmt.Errorf("-vmstatus: %w", err)
+		}
 	}
 	if cfg.CPUScalingMode != vmv1.CPUScalingModeQMP && cfg.CPUScalingMode != vmv1.CPUScalingModeSysfs {
 		return fmt.Errorf("-cpu-scaling-mode: %q is neither QmpScaling nor SysfsScaling", cfg.CPUScalingMode)

@@ -380,3 +380,12 @@ func Binary(arch string) string {
 	}
 	return "qemu-system-x86_64"
 }
+
+// CPUDriver is the hot-pluggable vCPU device type of the "-cpu max" model
+// on arch (what query-hotpluggable-cpus reports).
+func CPUDriver(arch string) string {
+	if arch == "arm64" {
+		return "max-arm-cpu"
+	}
+	return "max-x86_64-cpu"
+}

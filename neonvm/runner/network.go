@@ -26,9 +26,12 @@ type PodNetwork struct {
 // Addresses of the pod network's /30.
 const (
 	PodNetBridgeIP = "169.254.254.253"
-	PodNetGuestIP  = "169.254.254.254"
-	PodNetCIDR     = "169.254.254.252/30"
-	PodNetMask     = "255.255.255.252"
+	// PodNetBridgeMAC is the bridge's address in every runner pod (locally
+	// administered).
+	PodNetBridgeMAC = "02:00:a9:fe:fe:fd"
+	PodNetGuestIP   = "169.254.254.254"
+	PodNetCIDR      = "169.254.254.252/30"
+	PodNetMask      = "255.255.255.252"
 	// DaemonPort is neonvm-daemon's port in the guest.
 	DaemonPort = 25183
 )
@@ -52,7 +55,9 @@ func DefaultPodNetwork(guestPorts []int) PodNetwork {
 // order (Setup turns on IPv4 forwarding first).
 func (n PodNetwork) Commands() [][]string {
 	cmds := [][]string{
-		{"ip", "link", "add", n.Bridge, "type", "bridge"},
+		// A fixed MAC: the guest's ARP entry for its gateway stays right
+		// when the VM migrates to another pod's bridge.
+		{"ip", "link", "add", n.Bridge, "address", PodNetBridgeMAC, "type", "bridge"},
 		{"ip", "addr", "add", PodNetBridgeIP + "/30", "dev", n.Bridge},
 		{"ip", "link", "set", n.Bridge, "up"},
 		{"ip", "tuntap", "add", "dev", n.Tap, "mode", "tap"},

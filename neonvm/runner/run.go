@@ -20,7 +20,10 @@ import (
 
 // Config is everything the runner is told.
 type Config struct {
-	Spec    vmv1.VirtualMachineSpec
+	Spec vmv1.VirtualMachineSpec
+	// Status is the VM's status when the pod was made (-vmstatus): a
+	// migration target starts with the source's vCPUs and memory from it.
+	Status  vmv1.VirtualMachineStatus
 	PodName string
 
 	QEMUPath string
@@ -147,6 +150,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.ReceiveMigration {
 		qcfg.Incoming = "tcp:0:" + strconv.Itoa(int(vmv1.MigrationPort))
+		qcfg.HotpluggedCPUs, qcfg.VirtioMemRequestedBytes = MigrationTargetDevices(vm, cfg.Status)
+		if len(qcfg.HotpluggedCPUs) > 0 {
+			qcfg.CPUDriver = qemu.CPUDriver(runtime.GOARCH)
+		}
+		log.Info("waiting for an incoming migration", "port", vmv1.MigrationPort,
+			"hotpluggedCPUs", len(qcfg.HotpluggedCPUs), "virtioMemBytes", qcfg.VirtioMemRequestedBytes)
 	}
 	cmd, err := qemu.Build(vm, qcfg)
 	if err != nil {
@@ -259,4 +268,26 @@ func diesWithRunner() *syscall.SysProcAttr {
 func exists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// MigrationTargetDevices are the devices a migration target starts with to
+// match its source, from the VM's status: each vCPU hot-plugged on the
+// source (QMP mode: the cores above the boot vCPUs up to status.cpus,
+// rounded up; the controller plugs the lowest free cores) and the virtio-mem
+// size (status.memorySize above the boot memory).
+func MigrationTargetDevices(vm *vmv1.VirtualMachine, st vmv1.VirtualMachineStatus) (cores []int, virtioMem int64) {
+	boot := qemu.BootCPUs(vm)
+	if st.CPUs != nil {
+		for core := boot; core < int(st.CPUs.RoundedUp()); core++ {
+			cores = append(cores, core)
+		}
+	}
+	g := vm.Spec.Guest
+	if st.MemorySize != nil && g.MemorySlots.Max > g.MemorySlots.Min {
+		base := int64(g.MemorySlots.Min) * g.MemorySlotSize.Value()
+		if extra := st.MemorySize.Value() - base; extra > 0 {
+			virtioMem = extra
+		}
+	}
+	return cores, virtioMem
 }

@@ -141,6 +141,14 @@ func startManager(ctx context.Context) (<-chan struct{}, error) {
 	}).SetupWithManager(mgr); err != nil {
 		return nil, err
 	}
+	if err := (&controllers.MigrationReconciler{
+		Client:      mgr.GetClient(),
+		Recorder:    mgr.GetEventRecorder("neonvm-controller"),
+		Settings:    testSettings,
+		EventFilter: predicate.NewPredicateFuncs(func(o client.Object) bool { return strings.HasPrefix(o.GetNamespace(), "vm-") }),
+	}).SetupWithManager(mgr); err != nil {
+		return nil, err
+	}
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)

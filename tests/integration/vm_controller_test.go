@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -206,5 +207,56 @@ func TestVMControllerReportsExtraNetwork(t *testing.T) {
 			return fmt.Errorf("condition %+v", c)
 		}
 		return nil
+	})
+}
+
+// A migration that cannot start says why: an unknown VM fails it, a VM
+// that is not Running keeps it waiting with a condition naming the phase.
+func TestMigrationThatCannotStart(t *testing.T) {
+	ns := newNamespace(t, "vm-migrate-bad")
+	ctx := context.Background()
+	cond := func(name string) (string, *metav1.Condition) {
+		var m vmv1.VirtualMachineMigration
+		if err := k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &m); err != nil {
+			t.Fatal(err)
+		}
+		return string(m.Status.Phase), meta.FindStatusCondition(m.Status.Conditions, "Ready")
+	}
+	for _, m := range []*vmv1.VirtualMachineMigration{
+		{ObjectMeta: metav1.ObjectMeta{Name: "to-nowhere", Namespace: ns}, Spec: vmv1.VirtualMachineMigrationSpec{VMName: "nope"}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "too-early", Namespace: ns}, Spec: vmv1.VirtualMachineMigrationSpec{VMName: "db"}},
+	} {
+		if err := k8sClient.Create(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := k8sClient.Create(ctx, smallVM(ns, "db")); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 30*time.Second, 100*time.Millisecond, "unknown VM fails the migration", func() error {
+		phase, c := cond("to-nowhere")
+		if phase != "Failed" || c == nil || c.Reason != "VMNotFound" {
+			return fmt.Errorf("phase %q condition %+v", phase, c)
+		}
+		return nil
+	})
+	poll.Until(t, 30*time.Second, 100*time.Millisecond, "a Pending VM keeps the migration waiting", func() error {
+		phase, c := cond("too-early")
+		if phase != "" || c == nil || c.Reason != "VMNotRunning" {
+			return fmt.Errorf("phase %q condition %+v", phase, c)
+		}
+		return nil
+	})
+	// Deleting a migration that never started leaves nothing behind.
+	if err := k8sClient.Delete(ctx, &vmv1.VirtualMachineMigration{ObjectMeta: metav1.ObjectMeta{Name: "too-early", Namespace: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 30*time.Second, 100*time.Millisecond, "migration deleted", func() error {
+		var m vmv1.VirtualMachineMigration
+		err := k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "too-early"}, &m)
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there (%v), finalizers %v", err, m.Finalizers)
 	})
 }
