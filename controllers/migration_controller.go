@@ -186,6 +186,10 @@ func (r *MigrationReconciler) pending(ctx context.Context, m *vmv1.VirtualMachin
 		return 0, err
 	}
 	if target == nil {
+		if c := meta.FindStatusCondition(m.Status.Conditions, ConditionMigration); c != nil && c.Reason == "TargetPodCreated" {
+			r.failAndRestore(ctx, m, vm, "TargetPodFailed", fmt.Sprintf("target pod %s disappeared before the migration started", st.TargetPodName))
+			return 0, nil
+		}
 		pod, err := r.targetPod(m, vm)
 		if err != nil {
 			r.failAndRestore(ctx, m, vm, "TargetPodInvalid", err.Error())
@@ -197,6 +201,7 @@ func (r *MigrationReconciler) pending(ctx context.Context, m *vmv1.VirtualMachin
 		if err := r.addSourceOwner(ctx, m); err != nil {
 			return 0, err
 		}
+		setMigrationCondition(m, metav1.ConditionUnknown, "TargetPodCreated", "waiting for target pod "+pod.Name)
 		r.event(m, corev1.EventTypeNormal, "TargetPodCreated", "target pod %s created", pod.Name)
 		return time.Second, nil
 	}
