@@ -72,7 +72,14 @@ func installCRDs(t testing.TB) {
 	t.Helper()
 	Kubectl(t, kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", filepath.Join(repoRoot(), "config", "crd", "bases"))
 	for _, crd := range []string{"virtualmachines.vm.neon.tech", "virtualmachinemigrations.vm.neon.tech"} {
-		Kubectl(t, kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd/"+crd)
+		// Polled: `kubectl wait` fails at once on a CRD with no conditions yet.
+		poll(t, time.Minute, crd+" Established", func() error {
+			out, err := TryKubectl(kubeconfig, "get", "crd", crd, "-o", `jsonpath={.status.conditions[?(@.type=="Established")].status}`)
+			if err == nil && strings.TrimSpace(out) != "True" {
+				err = fmt.Errorf("Established=%q", out)
+			}
+			return err
+		})
 	}
 }
 
