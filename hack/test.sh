@@ -15,6 +15,7 @@ export KUBEBUILDER_ASSETS="$assets"
 
 step "QEMU (Debian)"
 hack/qemu.sh >/dev/null
+hack/postgres.sh >/dev/null
 
 step "development tools (controller-gen, kustomize)"
 with_progress "build tools" bash -c 'go tool -modfile=hack/tools/go.mod controller-gen --version >/dev/null &&

@@ -1,6 +1,6 @@
 // Command neonvm-controller runs the NeonVM controller manager: the
-// admission webhooks for VirtualMachine and VirtualMachineMigration (and, as
-// they land, the reconcilers).
+// VirtualMachine reconciler (runner pods, live scaling, status) and the
+// admission webhooks for VirtualMachine and VirtualMachineMigration.
 package main
 
 import (
@@ -16,10 +16,13 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
+	"github.com/vmscale/vmscale/controllers"
+	"github.com/vmscale/vmscale/neonvm/podspec"
 	"github.com/vmscale/vmscale/pkg/webhookcert"
 )
 
@@ -32,6 +35,12 @@ type runConfig struct {
 	webhookService, webhookConfigs string
 	defaultCPUScaling              string
 	skipUpdateValidation           string
+	enableWebhooks                 bool
+	concurrency                    int
+	settings                       podspec.Settings
+	diskCopyCommand                string
+	disableRunnerCgroup, atMostOne bool
+	downtimeLimit                  time.Duration
 }
 
 func main() {
@@ -46,6 +55,22 @@ func main() {
 	flag.StringVar(&cfg.webhookConfigs, "webhook-configurations", "neonvm-mutating-webhook-configuration,neonvm-validating-webhook-configuration", "webhook configurations whose caBundle the self-signed mode keeps current")
 	flag.StringVar(&cfg.defaultCPUScaling, "default-cpu-scaling-mode", string(vmv1.CPUScalingModeQMP), "cpuScalingMode written into VMs that have none: QmpScaling or SysfsScaling")
 	flag.StringVar(&cfg.skipUpdateValidation, "skip-update-validation-for", "", "comma-separated namespace/name of objects whose update-validation failures are let through (with a SkippedValidation event)")
+	flag.BoolVar(&cfg.enableWebhooks, "enable-webhooks", true, "serve the admission webhooks (off: reconcile only, e.g. a controller run outside the cluster)")
+	flag.IntVar(&cfg.concurrency, "concurrency-limit", 1, "VirtualMachines reconciled at once")
+	flag.StringVar(&cfg.settings.RunnerImage, "runner-image", os.Getenv("VM_RUNNER_IMAGE"), "neonvm-runner image for VMs that name none (default $VM_RUNNER_IMAGE)")
+	flag.StringVar(&cfg.diskCopyCommand, "disk-copy-command", strings.Join(podspec.DefaultDiskCopyCommand, " "), "the root-disk init container's command (space-separated)")
+	flag.StringVar(&cfg.settings.QEMUUser, "runner-qemu-user", "qemu", "user QEMU drops to in the runner image (empty: root)")
+	flag.BoolVar(&cfg.settings.Privileged, "runner-privileged", false, "run runner pods privileged (clusters without the device plugins; the local cluster)")
+	flag.BoolVar(&cfg.settings.AddSysResource, "runner-sys-resource", true, "give unprivileged runners CAP_SYS_RESOURCE")
+	flag.BoolVar(&cfg.settings.KVMDevice, "kvm-device", false, "runner pods request neonvm/kvm (a device plugin must provide it)")
+	flag.BoolVar(&cfg.settings.VhostNetDevice, "vhost-net-device", false, "runner pods request neonvm/vhost-net")
+	flag.StringVar(&cfg.settings.MemhpAutoMovableRatio, "memhp-auto-movable-ratio", "301", "the guest's memory_hotplug.auto_movable_ratio")
+	flag.StringVar(&cfg.settings.DiskCacheSettings, "qemu-disk-cache-settings", "cache=none", "QEMU -drive cache settings of writable disks")
+	flag.BoolVar(&cfg.settings.UseVirtioConsole, "use-virtio-console", false, "guest console on hvc0")
+	flag.DurationVar(&cfg.settings.DiskSyncInterval, "disk-sync-interval", 0, "how often runners re-sync watched disks (0: the runner's 30s)")
+	flag.DurationVar(&cfg.downtimeLimit, "migration-downtime-limit", controllers.DefaultDowntimeLimit, "QEMU downtime-limit of live migrations: the longest pause QEMU plans for the final copy")
+	flag.BoolVar(&cfg.disableRunnerCgroup, "disable-runner-cgroup", true, "accepted for NeonVM compatibility: vmscale's runner never manages a QEMU cgroup")
+	flag.BoolVar(&cfg.atMostOne, "at-most-one-pod", false, "accepted for NeonVM compatibility: a stopped VM's pod is deleted before it restarts")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -106,12 +131,40 @@ func run(ctx context.Context, cfg runConfig) error {
 		return fmt.Errorf("create manager: %w", err)
 	}
 
-	if err := vmv1.SetupWebhooksWithManager(mgr, vmv1.WebhookConfig{
-		DefaultCPUScalingMode:   mode,
-		SkipUpdateValidationFor: skip,
-		Recorder:                mgr.GetEventRecorder("neonvm-controller"),
-	}); err != nil {
-		return err
+	recorder := mgr.GetEventRecorder("neonvm-controller")
+	if cfg.enableWebhooks {
+		if err := vmv1.SetupWebhooksWithManager(mgr, vmv1.WebhookConfig{
+			DefaultCPUScalingMode:   mode,
+			SkipUpdateValidationFor: skip,
+			Recorder:                recorder,
+		}); err != nil {
+			return err
+		}
+	}
+	cfg.settings.DefaultCPUScalingMode = mode
+	cfg.settings.DiskCopyCommand = strings.Fields(cfg.diskCopyCommand)
+	if cfg.settings.RunnerImage == "" {
+		return fmt.Errorf("--runner-image (or $VM_RUNNER_IMAGE) is required: the image runner pods run")
+	}
+	m := controllers.NewMetrics(metrics.Registry, mgr.GetCache())
+	if err := (&controllers.VMReconciler{
+		Client:                  mgr.GetClient(),
+		Recorder:                recorder,
+		Settings:                cfg.settings,
+		Metrics:                 m,
+		MaxConcurrentReconciles: cfg.concurrency,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up the VirtualMachine reconciler: %w", err)
+	}
+	if err := (&controllers.MigrationReconciler{
+		Client:                  mgr.GetClient(),
+		Recorder:                recorder,
+		Settings:                cfg.settings,
+		Metrics:                 m,
+		DowntimeLimit:           cfg.downtimeLimit,
+		MaxConcurrentReconciles: cfg.concurrency,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up the VirtualMachineMigration reconciler: %w", err)
 	}
 	if bundle != nil {
 		if err := mgr.Add(&webhookcert.Injector{
@@ -127,11 +180,14 @@ func run(ctx context.Context, cfg runConfig) error {
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("add health check: %w", err)
 	}
-	if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
-		return fmt.Errorf("add ready check: %w", err)
+	if cfg.enableWebhooks {
+		if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
+			return fmt.Errorf("add ready check: %w", err)
+		}
 	}
 
-	ctrl.Log.Info("starting neonvm-controller", "webhookPort", cfg.webhookPort, "defaultCPUScalingMode", mode)
+	ctrl.Log.Info("starting neonvm-controller", "webhooks", cfg.enableWebhooks, "webhookPort", cfg.webhookPort,
+		"defaultCPUScalingMode", mode, "runnerImage", cfg.settings.RunnerImage, "concurrency", cfg.concurrency)
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("run manager: %w", err)
 	}

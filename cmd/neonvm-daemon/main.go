@@ -1,7 +1,8 @@
 // Command neonvm-daemon is vmscale's agent inside the guest (started and
 // respawned by the guest's init): it onlines hot-plugged vCPUs on their
 // uevents, powers the guest off on the ACPI power button, and serves
-// the exec channel and GET/PUT /cpu (SysfsScaling) on :25183.
+// the exec channel, GET/PUT /cpu (SysfsScaling) and GET/PUT /files/<path>
+// (watched ConfigMap/Secret disks) on :25183.
 // vmscale:no-image
 package main
 
@@ -50,13 +51,15 @@ func main() {
 	daemon.ServeExecPort(ctx, logf)
 }
 
-// serveAPI serves GET/PUT /cpu (SysfsScaling) for the runner.
+// serveAPI serves GET/PUT /cpu (SysfsScaling) and GET/PUT /files/ (watched
+// disks) for the runner.
 func serveAPI(ctx context.Context, addr string, logf daemon.Logf) {
 	mux := http.NewServeMux()
 	mux.Handle("/cpu", &daemon.CPUServer{Sys: "/sys"})
+	mux.Handle("/files/", &daemon.FilesServer{Root: "/", Logf: logf})
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { <-ctx.Done(); _ = srv.Close() }()
-	logf("serving /cpu on %s", addr)
+	logf("serving /cpu and /files/ on %s", addr)
 	if err := srv.ListenAndServe(); err != nil && ctx.Err() == nil {
 		logf("API on %s stopped: %v", addr, err)
 	}

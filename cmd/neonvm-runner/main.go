@@ -9,10 +9,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/qemu"
@@ -24,6 +26,8 @@ func main() {
 		vmspec, vmstatus, cpuMode, ratio, diskCache, appendCmdline    string
 		kernel, initrd, imagesDir, mountsDir, rootDisk, runDir        string
 		accel, qmpHost, httpAddr, forwards, tap, qemuPath, daemonAddr string
+		qemuUser                                                      string
+		diskSync                                                      time.Duration
 		useVirtioConsole, skipCgroup, podNetwork                      bool
 	)
 	flag.StringVar(&vmspec, "vmspec", "", "the VirtualMachine spec: JSON, gzipped, base64 (required)")
@@ -47,30 +51,37 @@ func main() {
 	flag.StringVar(&tap, "tap", "", "an existing tap device for the guest NIC")
 	flag.BoolVar(&podNetwork, "pod-network", false, "set up the runner pod's guest network: bridge + tap, DHCP, the guest's ports DNATed from eth0, egress masqueraded")
 	flag.StringVar(&qemuPath, "qemu", "", "QEMU binary (default by architecture)")
+	flag.DurationVar(&diskSync, "disk-sync-interval", runner.DefaultDiskSyncInterval, "how often watched configMap/secret disks are re-synced into the guest")
+	flag.StringVar(&qemuUser, "qemu-user", "", "user QEMU drops to after start-up (the runner image has qemu); empty: the runner's")
 	flag.StringVar(&daemonAddr, "daemon-addr", "169.254.254.254:25183", "neonvm-daemon in the guest, as the runner reaches it (SysfsScaling)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 
 	if err := run(log, runner.Config{
-		QEMUPath: qemuPath, Kernel: kernel, Initrd: initrd, Accel: accel, QMPHost: qmpHost,
+		QEMUPath: qemuPath, QEMUUser: qemuUser, DiskSyncInterval: diskSync, Kernel: kernel, Initrd: initrd, Accel: accel, QMPHost: qmpHost,
 		RunDir: runDir, CPUScalingMode: vmv1.CPUScalingMode(cpuMode), MemhpAutoMovableRatio: ratio,
 		UseVirtioConsole: useVirtioConsole, DiskCache: diskCache, AppendKernelCmdline: appendCmdline,
 		TapName: tap, PodNetwork: podNetwork, DaemonAddr: daemonAddr, ReceiveMigration: os.Getenv("RECEIVE_MIGRATION") == "true",
 		PodName: os.Getenv("K8S_POD_NAME"), Log: log,
 		Dirs: runner.Dirs{Images: imagesDir, Mounts: mountsDir, BaseRootDisk: rootDisk},
-	}, vmspec, httpAddr, forwards); err != nil {
+	}, vmspec, vmstatus, httpAddr, forwards); err != nil {
 		log.Error("neonvm-runner failed", "error", err.Error())
 		fmt.Fprintln(os.Stderr, "neonvm-runner:", err)
 		os.Exit(1)
 	}
 }
 
-func run(log *slog.Logger, cfg runner.Config, vmspec, httpAddr, forwards string) error {
+func run(log *slog.Logger, cfg runner.Config, vmspec, vmstatus, httpAddr, forwards string) error {
 	if vmspec == "" {
 		return fmt.Errorf("-vmspec is required")
 	}
 	if err := runner.DecodeSpec(vmspec, &cfg.Spec); err != nil {
 		return fmt.Errorf("-vmspec: %w", err)
+	}
+	if vmstatus != "" {
+		if err := runner.DecodeSpec(vmstatus, &cfg.Status); err != nil {
+			return fmt.Errorf("-vmstatus: %w", err)
+		}
 	}
 	if cfg.CPUScalingMode != vmv1.CPUScalingModeQMP && cfg.CPUScalingMode != vmv1.CPUScalingModeSysfs {
 		return fmt.Errorf("-cpu-scaling-mode: %q is neither QmpScaling nor SysfsScaling", cfg.CPUScalingMode)
@@ -91,6 +102,11 @@ func run(log *slog.Logger, cfg runner.Config, vmspec, httpAddr, forwards string)
 		return err
 	}
 	cfg.Forwards = fw
+	if cfg.QEMUUser != "" {
+		if _, err := user.Lookup(cfg.QEMUUser); err != nil {
+			return fmt.Errorf("-qemu-user: %w", err)
+		}
+	}
 	if cfg.PodName == "" {
 		cfg.PodName, _ = os.Hostname()
 	}

@@ -4,8 +4,8 @@
 #   vmlinux     Debian's kernel, uncompressed (booted through PVH)
 #   initrd.img  busybox + the virtio/ext4 modules; switches to /dev/vda
 #   disk.qcow2  Debian bookworm minbase + PostgreSQL 15 (initialised at build
-#               time, trust auth), busybox init, neonvm-daemon and the
-#               metrics exporter on :9100 (2 GiB)
+#               time, trust auth), busybox init, neonvm-daemon, the
+#               metrics exporter on :9100 and vm-monitor on :10301 (2 GiB)
 # Cold: ~3 minutes (mmdebstrap), warm: instant.
 source "$(dirname "$0")/../lib/common.sh"
 cd "$VMSCALE_ROOT"
@@ -20,7 +20,7 @@ bbver="$(dpkg-query -W -f='${Version}' busybox-static)"
 key="$( {
 	echo "$kpkg $bbver $(go env GOVERSION)"
 	cat hack/guest/build.sh
-	find neonvm/guest neonvm/daemon neonvm/guestexec cmd/neonvm-daemon cmd/vm-builder pkg/guestmetrics cmd/guest-metrics -type f -name '*' | sort | xargs cat
+	find neonvm/guest neonvm/daemon neonvm/guestexec cmd/neonvm-daemon cmd/vm-builder pkg/guestmetrics cmd/guest-metrics pkg/api pkg/monitor cmd/vm-monitor -type f -name '*' | sort | xargs cat
 	cat go.sum
 } | sha256sum | cut -c1-16)"
 out="$VMSCALE_CACHE/guest/$key"
@@ -41,8 +41,8 @@ go build -o "$work/vm-builder" ./cmd/vm-builder
 "$work/vm-builder" vmlinux -in "$(ls "$work"/kernel/boot/vmlinuz-*)" -out "$work/vmlinux"
 "$work/vm-builder" initramfs -kernel-root "$work/kernel" -busybox /bin/busybox -out "$work/initrd.img"
 
-log "guest image $key: neonvm-daemon, guest-metrics"
-CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$work/" ./cmd/neonvm-daemon ./cmd/guest-metrics
+log "guest image $key: neonvm-daemon, guest-metrics, vm-monitor"
+CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$work/" ./cmd/neonvm-daemon ./cmd/guest-metrics ./cmd/vm-monitor
 
 log "guest image $key: root filesystem (mmdebstrap bookworm minbase + postgresql-15; ~1-2 min)"
 sources=()
@@ -65,7 +65,7 @@ with_progress "mmdebstrap" mmdebstrap --quiet --variant=minbase \
 
 log "guest image $key: disk"
 "$work/vm-builder" disk -rootfs "$work/rootfs" -out "$work/disk.qcow2" -size 2G \
-	-busybox /bin/busybox -daemon "$work/neonvm-daemon" -metrics "$work/guest-metrics"
+	-busybox /bin/busybox -daemon "$work/neonvm-daemon" -metrics "$work/guest-metrics" -monitor "$work/vm-monitor"
 
 mkdir -p "$out.tmp"
 mv "$work/vmlinux" "$work/initrd.img" "$work/disk.qcow2" "$out.tmp/"

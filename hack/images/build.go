@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -41,8 +42,14 @@ type File struct {
 
 // Image describes one image to build.
 type Image struct {
-	Name       string   // short name: the repository is vmscale/<Name>
-	Files      []File   // the single layer's contents
+	Name string // short name: the repository is vmscale/<Name>
+	// Base are layer tar files (a Debian root, say) at the bottom of the
+	// image, in order.
+	Base []string
+	// Layers go on top of Base, one layer each, in order; Files is the
+	// topmost.
+	Layers     [][]File
+	Files      []File
 	Entrypoint []string // the config's entrypoint
 }
 
@@ -145,27 +152,49 @@ func LayerTar(files []File) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// Build assembles an OCI image from spec: one layer, a config with fixed
-// timestamps, linux on this machine's architecture.
+// layerOpts: OCI media type, and the fastest gzip level (images are big
+// and built often; they never cross a network).
+var layerOpts = []tarball.LayerOption{tarball.WithMediaType(types.OCILayer), tarball.WithCompressionLevel(gzip.BestSpeed)}
+
+// Build assembles an OCI image from spec: its base layers, then one layer
+// per file set, a config with fixed timestamps, linux on this machine's
+// architecture.
 func Build(spec Image) (v1.Image, error) {
-	data, err := LayerTar(spec.Files)
-	if err != nil {
-		return nil, err
+	var layers []v1.Layer
+	for _, path := range spec.Base {
+		layer, err := tarball.LayerFromFile(path, layerOpts...)
+		if err != nil {
+			return nil, fmt.Errorf("base layer %s of %s: %w", path, spec.Name, err)
+		}
+		layers = append(layers, layer)
 	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(data)), nil
-	}, tarball.WithMediaType(types.OCILayer))
-	if err != nil {
-		return nil, fmt.Errorf("layer of %s: %w", spec.Name, err)
+	for _, files := range append(append([][]File{}, spec.Layers...), spec.Files) {
+		if len(files) == 0 {
+			continue
+		}
+		data, err := LayerTar(files)
+		if err != nil {
+			return nil, err
+		}
+		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+			return io.NopCloser(bytes.NewReader(data)), nil
+		}, layerOpts...)
+		if err != nil {
+			return nil, fmt.Errorf("layer of %s: %w", spec.Name, err)
+		}
+		layers = append(layers, layer)
 	}
 	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	img, err = mutate.Append(img, mutate.Addendum{
-		Layer:   layer,
-		History: v1.History{Created: v1.Time{Time: epoch}, CreatedBy: "vmscale hack/images", Comment: spec.Name},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("append layer of %s: %w", spec.Name, err)
+	for _, layer := range layers {
+		var err error
+		img, err = mutate.Append(img, mutate.Addendum{
+			Layer:   layer,
+			History: v1.History{Created: v1.Time{Time: epoch}, CreatedBy: "vmscale hack/images", Comment: spec.Name},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("append a layer of %s: %w", spec.Name, err)
+		}
 	}
 	cfg, err := img.ConfigFile()
 	if err != nil {
@@ -176,7 +205,7 @@ func Build(spec Image) (v1.Image, error) {
 	cfg.OS = "linux"
 	cfg.Architecture = runtime.GOARCH
 	cfg.Config.Entrypoint = spec.Entrypoint
-	cfg.Config.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
+	cfg.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	cfg.Config.Labels = map[string]string{"org.opencontainers.image.title": spec.Name}
 	return mutate.ConfigFile(img, cfg)
 }

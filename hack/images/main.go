@@ -6,6 +6,12 @@
 // reproducibly and every timestamp is fixed.
 //
 //	go run . -root ../.. -out DIR [-only a,b] [-extra name=/path/to/binary]
+//	         [-runner-rootfs ROOT.tar -guest DIR]
+//
+// With -runner-rootfs (hack/runner-rootfs.sh) and -guest (hack/guest/build.sh)
+// the neonvm-runner image is the runner on that Debian root with the guest
+// kernel at /vm/kernel, and a root-disk image vmscale/vm-postgres holds the
+// guest's /disk.qcow2 and the init container's neonvm-disk-init.
 package main
 
 import (
@@ -43,18 +49,36 @@ func main() {
 	only := flag.String("only", "", "comma-separated cmd names to build (default: all that run in a pod)")
 	extra := extras{}
 	flag.Var(extra, "extra", "also package a prebuilt static binary as vmscale/<name> (repeatable)")
+	var g guestInputs
+	flag.StringVar(&g.rootfs, "runner-rootfs", "", "the runner image's Debian root as a tar file (hack/runner-rootfs.sh)")
+	flag.StringVar(&g.dir, "guest", "", "the guest folder: vmlinux, initrd.img, disk.qcow2 (hack/guest/build.sh)")
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("images: ")
 	if *out == "" {
 		log.Fatal("-out is required")
 	}
-	if err := run(*root, *out, *tag, *only, extra); err != nil {
+	if (g.rootfs == "") != (g.dir == "") {
+		log.Fatal("-runner-rootfs and -guest go together")
+	}
+	if err := run(*root, *out, *tag, *only, extra, g); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(root, out, tag, only string, extra extras) error {
+// guestInputs are what the runner and root-disk images are made of besides
+// this repository's binaries.
+type guestInputs struct{ rootfs, dir string }
+
+// RunnerImage and RootDiskImage are the short names of the images built
+// from guestInputs.
+const (
+	RunnerImage   = "neonvm-runner"
+	RootDiskImage = "vm-postgres"
+	diskInit      = "neonvm-disk-init"
+)
+
+func run(root, out, tag, only string, extra extras, g guestInputs) error {
 	root, err := filepath.Abs(root)
 	if err != nil {
 		return err
@@ -85,20 +109,10 @@ func run(root, out, tag, only string, extra extras) error {
 	defer os.RemoveAll(work)
 
 	var index []string
-	add := func(short, ref, bin string) error {
+	addImage := func(spec Image, ref string) error {
+		short := spec.Name
 		start := time.Now()
-		data, err := os.ReadFile(bin)
-		if err != nil {
-			return err
-		}
-		img, err := Build(Image{
-			Name:       short,
-			Entrypoint: []string{"/" + short},
-			Files: []File{
-				{Path: "/" + short, Mode: 0o755, Data: data},
-				{Path: "/tmp", Mode: 0o1777, Dir: true},
-			},
-		})
+		img, err := Build(spec)
 		if err != nil {
 			return err
 		}
@@ -113,6 +127,28 @@ func run(root, out, tag, only string, extra extras) error {
 		log.Printf("%-22s %s %s (%s)", short, t.String(), digest, time.Since(start).Round(time.Millisecond))
 		index = append(index, fmt.Sprintf("%s %s %s", short, t.String(), digest))
 		return nil
+	}
+	add := func(short, ref, bin string) error {
+		data, err := os.ReadFile(bin)
+		if err != nil {
+			return err
+		}
+		spec := Image{
+			Name:       short,
+			Entrypoint: []string{"/" + short},
+			Files: []File{
+				{Path: "/" + short, Mode: 0o755, Data: data},
+				{Path: "/tmp", Mode: 0o1777, Dir: true},
+			},
+		}
+		if short == RunnerImage && g.rootfs != "" {
+			kernel, err := guestFiles(g.dir, map[string]string{"vmlinux": "/vm/kernel/vmlinux", "initrd.img": "/vm/kernel/initrd.img"})
+			if err != nil {
+				return err
+			}
+			spec.Base, spec.Layers = []string{g.rootfs}, [][]File{kernel}
+		}
+		return addImage(spec, ref)
 	}
 
 	for _, b := range bins {
@@ -132,6 +168,25 @@ func run(root, out, tag, only string, extra extras) error {
 	if err := add("pause", PauseRef, pause); err != nil {
 		return err
 	}
+	if g.dir != "" && (only == "" || strings.Contains(","+only+",", ","+RootDiskImage+",")) {
+		bin := filepath.Join(work, diskInit)
+		if err := GoBuild(root, "./cmd/"+diskInit, bin); err != nil {
+			return err
+		}
+		files, err := guestFiles(g.dir, map[string]string{"disk.qcow2": "/disk.qcow2"})
+		if err != nil {
+			return err
+		}
+		helper, err := os.ReadFile(bin)
+		if err != nil {
+			return err
+		}
+		spec := Image{Name: RootDiskImage, Entrypoint: []string{"/" + diskInit},
+			Layers: [][]File{files}, Files: []File{{Path: "/" + diskInit, Mode: 0o755, Data: helper}}}
+		if err := addImage(spec, "vmscale/"+RootDiskImage+":"+tag); err != nil {
+			return err
+		}
+	}
 	for n, bin := range extra {
 		if err := add(n, "vmscale/"+n+":"+tag, bin); err != nil {
 			return err
@@ -139,4 +194,18 @@ func run(root, out, tag, only string, extra extras) error {
 	}
 	index = append(index, "")
 	return os.WriteFile(filepath.Join(out, "images.txt"), []byte(strings.Join(index, "\n")), 0o644)
+}
+
+// guestFiles reads files of the guest folder into image files: name in dir
+// to path in the image.
+func guestFiles(dir string, paths map[string]string) ([]File, error) {
+	var out []File
+	for name, path := range paths {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return nil, fmt.Errorf("the guest folder (hack/guest/build.sh): %w", err)
+		}
+		out = append(out, File{Path: path, Mode: 0o644, Data: data})
+	}
+	return out, nil
 }

@@ -72,6 +72,10 @@ func BuildInitramfs(w io.Writer, kernelRoot, busybox string) error {
 	return WriteInitramfs(w, out)
 }
 
+// MonitorPgConnstr is how the guest's vm-monitor reaches its Postgres to
+// size the cache (the guest's superuser; trust auth on loopback).
+const MonitorPgConnstr = "host=127.0.0.1 port=5432 dbname=postgres user=postgres sslmode=disable application_name=vm-monitor"
+
 // GuestBinaries are the programs vm-builder installs under /neonvm/bin.
 type GuestBinaries struct {
 	Busybox string // a static busybox
@@ -102,7 +106,9 @@ func InstallNeonVMFiles(rootfs string, bins GuestBinaries) error {
 		"::sysinit:/neonvm/bin/vminit",
 		"::respawn:/neonvm/bin/neonvm-daemon",
 	}
-	if _, err := os.Stat(filepath.Join(rootfs, "usr/lib/postgresql/15/bin/postgres")); err == nil {
+	_, err := os.Stat(filepath.Join(rootfs, "usr/lib/postgresql/15/bin/postgres"))
+	hasPostgres := err == nil
+	if hasPostgres {
 		inittab = append(inittab, "::respawn:/neonvm/bin/postgres-start")
 	}
 	installed := []struct{ name, src string }{
@@ -125,7 +131,13 @@ func InstallNeonVMFiles(rootfs string, bins GuestBinaries) error {
 		}
 		switch b.name {
 		case "vm-monitor":
-			inittab = append(inittab, "::respawn:/neonvm/bin/vm-monitor --cgroup=neon-postgres")
+			// Metrics on the guest's loopback only (read over the exec channel).
+			line := "::respawn:/neonvm/bin/vm-monitor --cgroup=neon-postgres --metrics-addr=127.0.0.1:9101"
+			if hasPostgres {
+				// busybox init runs a line holding quotes through sh -c.
+				line += " --pgconnstr='" + MonitorPgConnstr + "'"
+			}
+			inittab = append(inittab, line)
 		case "guest-metrics":
 			inittab = append(inittab, "::respawn:/neonvm/bin/guest-metrics")
 		}

@@ -48,7 +48,7 @@ func TestBuildDiskFromImageTarball(t *testing.T) {
 	if err := UnpackImageTarball(img, root); err != nil {
 		t.Fatal(err)
 	}
-	if err := InstallNeonVMFiles(root, GuestBinaries{Busybox: fake, Daemon: fake, Metrics: fake}); err != nil {
+	if err := InstallNeonVMFiles(root, GuestBinaries{Busybox: fake, Daemon: fake, Metrics: fake, Monitor: fake}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -72,7 +72,7 @@ func TestBuildDiskFromImageTarball(t *testing.T) {
 		t.Errorf("/usr/hello: %q", out)
 	}
 	bin := debugfs("ls /neonvm/bin")
-	for _, f := range []string{"init", "busybox", "vminit", "vmshutdown", "neonvm-daemon", "guest-metrics"} {
+	for _, f := range []string{"init", "busybox", "vminit", "vmshutdown", "neonvm-daemon", "guest-metrics", "vm-monitor"} {
 		if !strings.Contains(bin, f) {
 			t.Errorf("/neonvm/bin lacks %s: %q", f, bin)
 		}
@@ -82,6 +82,10 @@ func TestBuildDiskFromImageTarball(t *testing.T) {
 		if !strings.Contains(inittab, line) {
 			t.Errorf("inittab lacks %q:\n%s", line, inittab)
 		}
+	}
+	// No Postgres in this image: the monitor watches the cgroup only.
+	if !strings.Contains(inittab, "::respawn:/neonvm/bin/vm-monitor --cgroup=neon-postgres --metrics-addr=127.0.0.1:9101\n") {
+		t.Errorf("inittab does not start vm-monitor on the cgroup alone:\n%s", inittab)
 	}
 	if strings.Contains(inittab, "postgres-start") {
 		t.Errorf("inittab starts Postgres in an image without it:\n%s", inittab)

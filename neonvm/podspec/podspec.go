@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -25,8 +26,15 @@ type Settings struct {
 	// RunnerImage is used when the VM names none (env VM_RUNNER_IMAGE).
 	RunnerImage string
 	// DiskCopyCommand is the init container's command in the root-disk
-	// image: it moves /disk.qcow2 to /vm/images/rootdisk.qcow2.
+	// image: it moves /disk.qcow2 to /vm/images/rootdisk.qcow2 (default
+	// DefaultDiskCopyCommand, the helper vmscale's root-disk images hold).
 	DiskCopyCommand []string
+	// QEMUUser is the runner image's user for QEMU (-qemu-user); empty
+	// keeps QEMU as root.
+	QEMUUser string
+	// DiskSyncInterval is how often the runner re-syncs watched disks
+	// into the guest (-disk-sync-interval); zero keeps the runner's 30 s.
+	DiskSyncInterval time.Duration
 	// KVMDevice and VhostNetDevice request the device plugin resources
 	// neonvm/kvm and neonvm/vhost-net (off by default: without them the
 	// runner runs TCG).
@@ -40,6 +48,10 @@ type Settings struct {
 	UseVirtioConsole           bool
 	DefaultCPUScalingMode      vmv1.CPUScalingMode
 }
+
+// DefaultDiskCopyCommand is cmd/neonvm-disk-init in vmscale's root-disk
+// images.
+var DefaultDiskCopyCommand = []string{"/neonvm-disk-init"}
 
 // Labels and annotations on runner pods.
 const (
@@ -164,9 +176,13 @@ func RunnerPod(vm *vmv1.VirtualMachine, podName string, s Settings, receiveMigra
 		pullPolicy = corev1.PullIfNotPresent
 	}
 	imagesMount := corev1.VolumeMount{Name: imagesVolume, MountPath: imagesPath}
+	copyCmd := s.DiskCopyCommand
+	if len(copyCmd) == 0 {
+		copyCmd = DefaultDiskCopyCommand
+	}
 	pod.Spec.InitContainers = append([]corev1.Container{{
 		Name: "init", Image: spec.Guest.RootDisk.Image, ImagePullPolicy: pullPolicy,
-		Command:         s.DiskCopyCommand,
+		Command:         copyCmd,
 		VolumeMounts:    []corev1.VolumeMount{imagesMount},
 		SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)},
 	}}, spec.ExtraInitContainers...)
@@ -261,7 +277,15 @@ func runnerArgs(vm *vmv1.VirtualMachine, s Settings) ([]string, error) {
 	if mode == "" {
 		mode = vmv1.CPUScalingModeQMP
 	}
-	args := []string{"-skip-cgroup-management"}
+	// The guest's network is the pod's: bridge + tap, DHCP, its ports
+	// DNATed from the pod IP (spec/neonvm.md §3).
+	args := []string{"-skip-cgroup-management", "-pod-network"}
+	if s.QEMUUser != "" {
+		args = append(args, "-qemu-user", s.QEMUUser)
+	}
+	if s.DiskSyncInterval > 0 {
+		args = append(args, "-disk-sync-interval", s.DiskSyncInterval.String())
+	}
 	if s.UseVirtioConsole {
 		args = append(args, "-use-virtio-console")
 	}

@@ -153,9 +153,8 @@ func Build(vm *vmv1.VirtualMachine, cfg Config) (*Command, error) {
 	var a args
 
 	// Machine.
-	path := "qemu-system-x86_64"
+	path := Binary(cfg.Arch)
 	if cfg.Arch == "arm64" {
-		path = "qemu-system-aarch64"
 		a.add("-machine", "virt", "-bios", "/vm/firmware/QEMU_EFI.fd")
 	} else {
 		a.add("-machine", "q35")
@@ -372,3 +371,21 @@ func joinOpts(opts ...string) string { return strings.Join(opts, ",") }
 type args []string
 
 func (a *args) add(s ...string) { *a = append(*a, s...) }
+
+// Binary is the QEMU system emulator for arch ("arm64", or anything else
+// for x86_64), looked up on PATH.
+func Binary(arch string) string {
+	if arch == "arm64" {
+		return "qemu-system-aarch64"
+	}
+	return "qemu-system-x86_64"
+}
+
+// CPUDriver is the hot-pluggable vCPU device type of the "-cpu max" model
+// on arch (what query-hotpluggable-cpus reports).
+func CPUDriver(arch string) string {
+	if arch == "arm64" {
+		return "max-arm-cpu"
+	}
+	return "max-x86_64-cpu"
+}

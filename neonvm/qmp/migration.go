@@ -50,6 +50,16 @@ func (c *Client) Migrate(ctx context.Context, uri string) error {
 	return c.Execute(ctx, "migrate", map[string]any{"uri": uri}, nil)
 }
 
+// MigrateWithDisks starts a migration that also copies the writable disks:
+// only their allocated data when incremental (NeonVM's default: the target
+// has the same base image), all of it otherwise.
+func (c *Client) MigrateWithDisks(ctx context.Context, uri string, incremental bool) error {
+	if uri == "" {
+		return fmt.Errorf("migrate: no target uri")
+	}
+	return c.Execute(ctx, "migrate", map[string]any{"uri": uri, "inc": incremental, "blk": !incremental}, nil)
+}
+
 // MigrateStartPostcopy switches a running migration to post-copy.
 func (c *Client) MigrateStartPostcopy(ctx context.Context) error {
 	return c.Execute(ctx, "migrate-start-postcopy", nil, nil)

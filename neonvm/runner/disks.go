@@ -185,6 +185,14 @@ func RuntimeFiles(spec *vmv1.VirtualMachineSpec) map[string]string {
 		switch {
 		case d.Tmpfs != nil:
 			fmt.Fprintf(&mounts, "%s mount -t tmpfs -o size=%d tmpfs %s\n", bb, d.Tmpfs.Size.Value(), shellQuote(d.MountPath))
+		case Watched(d):
+			// A copy on tmpfs that neonvm-daemon keeps current (PUT
+			// /files/<mountPath>); the disk itself is the first version.
+			src := shellQuote("/neonvm/disks/" + d.Name)
+			fmt.Fprintf(&mounts, "%s mkdir -p %s\n", bb, src)
+			fmt.Fprintf(&mounts, "%s mount -o ro \"$(%s findfs LABEL=%s)\" %s\n", bb, bb, d.Name, src)
+			fmt.Fprintf(&mounts, "%s mount -t tmpfs -o size=16m,mode=0755 %s %s\n", bb, d.Name, shellQuote(d.MountPath))
+			fmt.Fprintf(&mounts, "%s cp -a %s/. %s/\n", bb, src, shellQuote(d.MountPath))
 		default:
 			opts := "rw"
 			if d.ConfigMap != nil || d.Secret != nil || (d.ReadOnly != nil && *d.ReadOnly) {
@@ -203,6 +211,12 @@ func RuntimeFiles(spec *vmv1.VirtualMachineSpec) map[string]string {
 		"env.sh":      "#!/neonvm/bin/busybox sh\n" + env.String(),
 		"mounts.sh":   mounts.String(),
 	}
+}
+
+// Watched says whether disk is a ConfigMap or Secret disk kept in sync
+// while the guest runs.
+func Watched(d vmv1.Disk) bool {
+	return d.Watch != nil && *d.Watch && (d.ConfigMap != nil || d.Secret != nil)
 }
 
 func shellWords(words []string) string {

@@ -38,7 +38,15 @@ type API struct {
 	// daemon is neonvm-daemon's base URL in the guest (SysfsScaling).
 	daemon string
 	client *http.Client
+	// GuestReadiness makes /ready ask the guest itself (neonvm-daemon
+	// answering) in every scaling mode, not only QEMU running: a runner
+	// pod is Ready when its guest has booted. Set in a pod.
+	GuestReadiness bool
 }
+
+// ErrIncoming is what the ready function returns while QEMU waits for an
+// incoming migration: running, with no guest to ask yet.
+var ErrIncoming = errors.New("waiting for an incoming migration")
 
 // NewAPI makes the API for spec; ready says whether the guest runs;
 // daemonAddr is where neonvm-daemon listens (host:port), used in
@@ -49,15 +57,20 @@ func NewAPI(spec *vmv1.VirtualMachineSpec, mode vmv1.CPUScalingMode, ready func(
 		daemon: "http://" + daemonAddr, client: &http.Client{Timeout: 5 * time.Second}}
 }
 
-// checkReady is ready, and in SysfsScaling mode also neonvm-daemon
-// answering (the runner can do nothing for the guest's CPUs without it).
+// checkReady is ready, and in SysfsScaling mode (or with GuestReadiness)
+// also neonvm-daemon answering: the runner can do nothing for the guest's
+// CPUs without it, and it answers only once the guest has booted.
 func (a *API) checkReady(ctx context.Context) error {
 	if a.ready != nil {
-		if err := a.ready(ctx); err != nil {
+		err := a.ready(ctx)
+		if errors.Is(err, ErrIncoming) {
+			return nil
+		}
+		if err != nil {
 			return err
 		}
 	}
-	if a.mode == vmv1.CPUScalingModeSysfs {
+	if a.mode == vmv1.CPUScalingModeSysfs || a.GuestReadiness {
 		if _, err := a.daemonCPU(ctx); err != nil {
 			return err
 		}

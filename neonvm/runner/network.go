@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"sort"
 	"strconv"
@@ -25,9 +26,12 @@ type PodNetwork struct {
 // Addresses of the pod network's /30.
 const (
 	PodNetBridgeIP = "169.254.254.253"
-	PodNetGuestIP  = "169.254.254.254"
-	PodNetCIDR     = "169.254.254.252/30"
-	PodNetMask     = "255.255.255.252"
+	// PodNetBridgeMAC is the bridge's address in every runner pod (locally
+	// administered).
+	PodNetBridgeMAC = "02:00:a9:fe:fe:fd"
+	PodNetGuestIP   = "169.254.254.254"
+	PodNetCIDR      = "169.254.254.252/30"
+	PodNetMask      = "255.255.255.252"
 	// DaemonPort is neonvm-daemon's port in the guest.
 	DaemonPort = 25183
 )
@@ -47,17 +51,18 @@ func DefaultPodNetwork(guestPorts []int) PodNetwork {
 	return PodNetwork{PodInterface: "eth0", Bridge: "br-def", Tap: "tap-def", Ports: ports}
 }
 
-// Commands are the ip, sysctl and iptables commands that set the network
-// up, in order.
+// Commands are the ip and iptables commands that set the network up, in
+// order (Setup turns on IPv4 forwarding first).
 func (n PodNetwork) Commands() [][]string {
 	cmds := [][]string{
-		{"ip", "link", "add", n.Bridge, "type", "bridge"},
+		// A fixed MAC: the guest's ARP entry for its gateway stays right
+		// when the VM migrates to another pod's bridge.
+		{"ip", "link", "add", n.Bridge, "address", PodNetBridgeMAC, "type", "bridge"},
 		{"ip", "addr", "add", PodNetBridgeIP + "/30", "dev", n.Bridge},
 		{"ip", "link", "set", n.Bridge, "up"},
 		{"ip", "tuntap", "add", "dev", n.Tap, "mode", "tap"},
 		{"ip", "link", "set", n.Tap, "master", n.Bridge},
 		{"ip", "link", "set", n.Tap, "up"},
-		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
 		{"iptables", "-t", "nat", "-A", "POSTROUTING", "-s", PodNetGuestIP + "/32", "!", "-d", PodNetCIDR, "-j", "MASQUERADE"},
 	}
 	for _, p := range n.Ports {
@@ -76,8 +81,13 @@ func (n PodNetwork) DHCPCommand() []string {
 		"--pid-file=", "--dhcp-leasefile=/dev/null"}
 }
 
-// Setup runs Commands, stopping at the first failure.
+// Setup turns on IPv4 forwarding in the pod's network namespace (written
+// to /proc directly: the runner image has no sysctl), then runs Commands,
+// stopping at the first failure.
 func (n PodNetwork) Setup(ctx context.Context) error {
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil {
+		return fmt.Errorf("pod network: net.ipv4.ip_forward=1 (needs a privileged runner or the pod sysctl): %w", err)
+	}
 	for _, c := range n.Commands() {
 		if out, err := exec.CommandContext(ctx, c[0], c[1:]...).CombinedOutput(); err != nil {
 			return fmt.Errorf("pod network: %s: %w: %s", strings.Join(c, " "), err, strings.TrimSpace(string(out)))

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -19,10 +20,16 @@ import (
 
 // Config is everything the runner is told.
 type Config struct {
-	Spec    vmv1.VirtualMachineSpec
+	Spec vmv1.VirtualMachineSpec
+	// Status is the VM's status when the pod was made (-vmstatus): a
+	// migration target starts with the source's vCPUs and memory from it.
+	Status  vmv1.VirtualMachineStatus
 	PodName string
 
 	QEMUPath string
+	// QEMUUser is the user QEMU drops to once it has opened its disks and
+	// devices (qemu in the runner image); empty keeps the runner's.
+	QEMUUser string
 	Kernel   string
 	Initrd   string
 	Dirs     Dirs
@@ -52,6 +59,9 @@ type Config struct {
 	// DaemonAddr is neonvm-daemon's host:port as the runner reaches it
 	// (169.254.254.254:25183 on the pod's tap network).
 	DaemonAddr string
+	// DiskSyncInterval is how often watched disks are re-synced into the
+	// guest (default DefaultDiskSyncInterval).
+	DiskSyncInterval time.Duration
 
 	// ReceiveMigration starts QEMU waiting for a migration on
 	// 0.0.0.0:20187.
@@ -80,6 +90,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if err := CheckHost(spec, mem); err != nil {
 		return err
+	}
+	if cfg.QEMUPath == "" {
+		cfg.QEMUPath = qemu.Binary(runtime.GOARCH)
 	}
 	accel, why := ChooseAccel(ctx, cfg.Accel, cfg.QEMUPath, cfg.Kernel)
 	log.Info("accelerator chosen", "accel", accel, "why", why)
@@ -132,11 +145,17 @@ func Run(ctx context.Context, cfg Config) error {
 		ExecSocket: filepath.Join(cfg.RunDir, ExecSocket),
 		KernelPath: cfg.Kernel, InitrdPath: cfg.Initrd, RootDiskPath: root, Disks: disks,
 		MemhpAutoMovableRatio: cfg.MemhpAutoMovableRatio, UseVirtioConsole: cfg.UseVirtioConsole,
-		DiskCache: cfg.DiskCache, ExtraKernelArgs: extra, Hostname: "vm-" + cfg.PodName,
+		DiskCache: cfg.DiskCache, ExtraKernelArgs: extra, Hostname: "vm-" + cfg.PodName, RunAs: cfg.QEMUUser,
 		Network: qemu.Network{TapName: cfg.TapName, Forwards: cfg.Forwards, VhostNet: cfg.TapName != "" && exists("/dev/vhost-net")},
 	}
 	if cfg.ReceiveMigration {
 		qcfg.Incoming = "tcp:0:" + strconv.Itoa(int(vmv1.MigrationPort))
+		qcfg.HotpluggedCPUs, qcfg.VirtioMemRequestedBytes = MigrationTargetDevices(vm, cfg.Status)
+		if len(qcfg.HotpluggedCPUs) > 0 {
+			qcfg.CPUDriver = qemu.CPUDriver(runtime.GOARCH)
+		}
+		log.Info("waiting for an incoming migration", "port", vmv1.MigrationPort,
+			"hotpluggedCPUs", len(qcfg.HotpluggedCPUs), "virtioMemBytes", qcfg.VirtioMemRequestedBytes)
 	}
 	cmd, err := qemu.Build(vm, qcfg)
 	if err != nil {
@@ -159,8 +178,16 @@ func Run(ctx context.Context, cfg Config) error {
 	apiCtx, stopAPI := context.WithCancel(context.Background())
 	defer stopAPI()
 	api := NewAPI(spec, mode, func(ctx context.Context) error { return guestRunning(ctx, sigtermSock) }, cfg.DaemonAddr)
+	api.GuestReadiness = cfg.PodNetwork
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- api.Serve(apiCtx, cfg.HTTPAddr) }()
+	if syncer := NewDiskSyncer(spec, cfg.Dirs.Mounts, cfg.DaemonAddr, log); syncer != nil {
+		interval := cfg.DiskSyncInterval
+		if interval <= 0 {
+			interval = DefaultDiskSyncInterval
+		}
+		go syncer.Run(apiCtx, interval)
+	}
 
 	select {
 	case err := <-exited:
@@ -210,7 +237,10 @@ func guestRunning(ctx context.Context, sock string) error {
 	if err != nil {
 		return err
 	}
-	if !st.Running && st.Status != "inmigrate" {
+	if st.Status == "inmigrate" {
+		return ErrIncoming
+	}
+	if !st.Running {
 		return fmt.Errorf("guest is %s", st.Status)
 	}
 	return nil
@@ -238,4 +268,26 @@ func diesWithRunner() *syscall.SysProcAttr {
 func exists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// MigrationTargetDevices are the devices a migration target starts with to
+// match its source, from the VM's status: each vCPU hot-plugged on the
+// source (QMP mode: the cores above the boot vCPUs up to status.cpus,
+// rounded up; the controller plugs the lowest free cores) and the virtio-mem
+// size (status.memorySize above the boot memory).
+func MigrationTargetDevices(vm *vmv1.VirtualMachine, st vmv1.VirtualMachineStatus) (cores []int, virtioMem int64) {
+	boot := qemu.BootCPUs(vm)
+	if st.CPUs != nil {
+		for core := boot; core < int(st.CPUs.RoundedUp()); core++ {
+			cores = append(cores, core)
+		}
+	}
+	g := vm.Spec.Guest
+	if st.MemorySize != nil && g.MemorySlots.Max > g.MemorySlots.Min {
+		base := int64(g.MemorySlots.Min) * g.MemorySlotSize.Value()
+		if extra := st.MemorySize.Value() - base; extra > 0 {
+			virtioMem = extra
+		}
+	}
+	return cores, virtioMem
 }

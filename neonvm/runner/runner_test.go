@@ -179,3 +179,29 @@ func TestPodNetworkCommands(t *testing.T) {
 		t.Errorf("dhcp %v", n.DHCPCommand())
 	}
 }
+
+// A migration target starts with the source's hot-plugged vCPUs and
+// virtio-mem size, read from the status the pod was made with.
+func TestMigrationTargetDevices(t *testing.T) {
+	vm := &vmv1.VirtualMachine{Spec: vmv1.VirtualMachineSpec{Guest: vmv1.Guest{
+		CPUs:           vmv1.CPUs{Min: 1000, Max: 4000, Use: 3000},
+		MemorySlotSize: resource.MustParse("256Mi"),
+		MemorySlots:    vmv1.MemorySlots{Min: 2, Max: 8, Use: 5},
+	}}}
+	cpus := vmv1.MilliCPU(2500)
+	cores, mem := MigrationTargetDevices(vm, vmv1.VirtualMachineStatus{CPUs: &cpus, MemorySize: resource.NewQuantity(5*256<<20, resource.BinarySI)})
+	if len(cores) != 2 || cores[0] != 1 || cores[1] != 2 {
+		t.Errorf("cores %v, want [1 2] (boot core 0, 2500m needs 3)", cores)
+	}
+	if mem != 3*256<<20 {
+		t.Errorf("virtio-mem %d, want 768Mi", mem)
+	}
+	sysfs := vmv1.CPUScalingModeSysfs
+	vm.Spec.CPUScalingMode = &sysfs
+	if cores, _ := MigrationTargetDevices(vm, vmv1.VirtualMachineStatus{CPUs: &cpus}); len(cores) != 0 {
+		t.Errorf("SysfsScaling boots every vCPU; cores %v", cores)
+	}
+	if cores, mem := MigrationTargetDevices(vm, vmv1.VirtualMachineStatus{}); cores != nil || mem != 0 {
+		t.Errorf("no status: %v %d", cores, mem)
+	}
+}

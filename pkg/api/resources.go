@@ -1,8 +1,3 @@
-// Package api holds the types vmscale's components exchange over the wire
-// with each other and with Neon's: the Resources pair, the agent↔scheduler
-// plugin messages, and the agent↔vm-monitor messages. Their JSON is fixed by
-// Neon's autoscaling (spec/protocols.md) and checked against Neon's own
-// output in testdata/compat/vectors.
 package api
 
 import (

@@ -11,8 +11,8 @@ import (
 
 const vectorsDir = "../../testdata/compat/vectors"
 
-// jsonEqual compares two JSON texts as values (key order and spacing aside).
-func jsonEqual(t *testing.T, got, want []byte) bool {
+// sameJSON compares two JSON texts as values (key order and spacing aside).
+func sameJSON(t *testing.T, got, want []byte) bool {
 	t.Helper()
 	var g, w any
 	if err := json.Unmarshal(got, &g); err != nil {
@@ -121,7 +121,7 @@ func TestResourcesRejected(t *testing.T) {
 				continue
 			}
 			out, _ := json.Marshal(r)
-			if !jsonEqual(t, out, []byte(c.AcceptedAs)) {
+			if !sameJSON(t, out, []byte(c.AcceptedAs)) {
 				t.Errorf("%s → %s, want %s", c.Input, out, c.AcceptedAs)
 			}
 			continue

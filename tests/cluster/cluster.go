@@ -62,13 +62,17 @@ func cacheDir() string {
 	return filepath.Join(home, ".cache", "vmscale")
 }
 
+// clusterDir is cluster.sh's state folder.
+func clusterDir() string {
+	if dir := os.Getenv("VMSCALE_CLUSTER_DIR"); dir != "" {
+		return dir
+	}
+	return filepath.Join(cacheDir(), "local-cluster")
+}
+
 // binDir is where cluster.sh recorded the Kubernetes binaries it uses.
 func binDir() (string, error) {
-	dir := os.Getenv("VMSCALE_CLUSTER_DIR")
-	if dir == "" {
-		dir = filepath.Join(cacheDir(), "local-cluster")
-	}
-	b, err := os.ReadFile(filepath.Join(dir, "bin"))
+	b, err := os.ReadFile(filepath.Join(clusterDir(), "bin"))
 	if err != nil {
 		return "", fmt.Errorf("local cluster binaries unknown (run cluster.sh up): %w", err)
 	}

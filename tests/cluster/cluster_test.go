@@ -17,7 +17,7 @@ import (
 // is in (nothing, stopped, or running).
 var kubeconfig string
 
-func kc(t *testing.T) string {
+func kc(t testing.TB) string {
 	t.Helper()
 	if kubeconfig == "" {
 		kubeconfig = Kubeconfig(t)
@@ -26,7 +26,7 @@ func kc(t *testing.T) string {
 }
 
 // poll retries cond until it returns nil or the deadline passes.
-func poll(t *testing.T, timeout time.Duration, what string, cond func() error) {
+func poll(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
 	testpoll.Until(t, timeout, 500*time.Millisecond, what, cond)
 }
@@ -71,7 +71,7 @@ func assertNodesReady(t *testing.T) {
 
 // namespace makes a fresh namespace for one test and waits for its default
 // service account (pods need it).
-func namespace(t *testing.T, name string) string {
+func namespace(t testing.TB, name string) string {
 	t.Helper()
 	_, _ = TryKubectl(kubeconfig, "delete", "namespace", name, "--wait=true", "--timeout=60s")
 	Kubectl(t, kubeconfig, "create", "namespace", name)
@@ -83,7 +83,7 @@ func namespace(t *testing.T, name string) string {
 	return name
 }
 
-func apply(t *testing.T, ns, manifest string) {
+func apply(t testing.TB, ns, manifest string) {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "manifest.yaml")
 	if err := os.WriteFile(f, []byte(manifest), 0o600); err != nil {

@@ -51,6 +51,7 @@ func TestControllerBinarySelfSigned(t *testing.T) {
 	cmd := exec.Command(bin,
 		"--kubeconfig="+kubeconfig,
 		"--webhook-self-signed",
+		"--runner-image=vmscale/neonvm-runner:test",
 		"--webhook-cert-dir="+certDir,
 		fmt.Sprintf("--webhook-port=%d", freePort(t)),
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort),

@@ -29,14 +29,20 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
+	"github.com/vmscale/vmscale/controllers"
+	"github.com/vmscale/vmscale/neonvm/podspec"
 )
 
 const repoRoot = "../.."
 
 // skippedVM is on the manager's --skip-update-validation-for list.
+// testSettings are the VM reconciler's runner pod settings in this suite.
+var testSettings = podspec.Settings{RunnerImage: "vmscale/neonvm-runner:test", QEMUUser: "qemu", DefaultCPUScalingMode: vmv1.CPUScalingModeQMP}
+
 var skippedVM = types.NamespacedName{Namespace: "skip-validation", Name: "legacy"}
 
 var (
@@ -120,6 +126,27 @@ func startManager(ctx context.Context) (<-chan struct{}, error) {
 		SkipUpdateValidationFor: map[types.NamespacedName]struct{}{skippedVM: {}},
 		Recorder:                mgr.GetEventRecorder("neonvm-controller"),
 	}); err != nil {
+		return nil, err
+	}
+	// The VM reconciler, against the real apiserver; no kubelet runs here,
+	// so runner pods stay Pending unless a test sets their status.
+	if err := (&controllers.VMReconciler{
+		Client:   mgr.GetClient(),
+		Recorder: mgr.GetEventRecorder("neonvm-controller"),
+		Settings: testSettings,
+		Metrics:  controllers.NewMetrics(nil, nil),
+		// Only the controller tests' namespaces: the API tests set VM
+		// statuses by hand.
+		EventFilter: predicate.NewPredicateFuncs(func(o client.Object) bool { return strings.HasPrefix(o.GetNamespace(), "vm-") }),
+	}).SetupWithManager(mgr); err != nil {
+		return nil, err
+	}
+	if err := (&controllers.MigrationReconciler{
+		Client:      mgr.GetClient(),
+		Recorder:    mgr.GetEventRecorder("neonvm-controller"),
+		Settings:    testSettings,
+		EventFilter: predicate.NewPredicateFuncs(func(o client.Object) bool { return strings.HasPrefix(o.GetNamespace(), "vm-") }),
+	}).SetupWithManager(mgr); err != nil {
 		return nil, err
 	}
 	stopped := make(chan struct{})

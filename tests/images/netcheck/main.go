@@ -7,6 +7,7 @@
 //	netcheck get URL [BEARER_FILE CA_FILE] print the body; fail on non-2xx
 //	netcheck webhook ADDR CERT KEY        deny creates of objects labelled deny=true
 //	netcheck tap NAME                     create tap NAME, set net.ipv4.ip_forward=1
+//	netcheck pg HOST:PORT QUERY           run QUERY as postgres (trust); print the first value
 package main
 
 import (
@@ -26,7 +27,7 @@ import (
 
 func main() {
 	if len(os.Args) < 3 {
-		fail(fmt.Errorf("usage: netcheck serve|get|webhook|tap ARGS"))
+		fail(fmt.Errorf("usage: netcheck serve|get|webhook|tap|pg ARGS"))
 	}
 	var err error
 	switch os.Args[1] {
@@ -42,6 +43,12 @@ func main() {
 		err = webhook(os.Args[2], os.Args[3], os.Args[4])
 	case "tap":
 		err = tap(os.Args[2])
+	case "pg":
+		if len(os.Args) != 4 {
+			err = fmt.Errorf("usage: netcheck pg HOST:PORT QUERY")
+			break
+		}
+		err = pgQuery(os.Args[2], os.Args[3])
 	default:
 		err = fmt.Errorf("unknown mode %q", os.Args[1])
 	}
