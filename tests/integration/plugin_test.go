@@ -33,6 +33,18 @@ func res(milli uint32, mem api.Bytes) api.Resources {
 func TestAutoscaleScheduler(t *testing.T) {
 	sched := startScheduler(t)
 
+	t.Run("deployment manifest", func(t *testing.T) {
+		// The shipped Deployment passes the apiserver's full validation.
+		for _, obj := range readManifests(t, filepath.Join(repoRoot, "config", "scheduler", "deployment.yaml")) {
+			if err := k8sClient.Create(context.Background(), obj, client.DryRunAll); err != nil {
+				t.Errorf("%s %s: %v", obj.GetKind(), obj.GetName(), err)
+			}
+			if obj.GetNamespace() != "kube-system" || obj.GetLabels()["name"] != schedulerName {
+				t.Errorf("%s %s: not in kube-system with label name=%s (where agents look)", obj.GetKind(), obj.GetName(), schedulerName)
+			}
+		}
+	})
+
 	t.Run("placement", func(t *testing.T) {
 		ns := newNamespace(t, fresh("plugin-placement"))
 		t.Cleanup(func() { deleteAllIn(t, ns) })
