@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -67,18 +68,8 @@ func BenchmarkRunnerPodReachable(b *testing.B) {
 		})
 	}
 	if results["cold"] > 0 && results["warm"] > 0 {
-		line := fmt.Sprintf("%s runner_pod_to_postgres cold_ms=%d warm_ms=%d cold/warm=%.2f",
-			time.Now().UTC().Format(time.RFC3339), results["cold"].Milliseconds(), results["warm"].Milliseconds(),
-			float64(results["cold"])/float64(results["warm"]))
-		path := filepath.Join(cacheDir(), "bench", "cluster.txt")
-		_ = os.MkdirAll(filepath.Dir(path), 0o755)
-		f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-		if err != nil {
-			b.Fatal(err)
-		}
-		fmt.Fprintln(f, line)
-		f.Close()
-		b.Log(line)
+		appendBench(b, fmt.Sprintf("runner_pod_to_postgres cold_ms=%d warm_ms=%d cold/warm=%.2f",
+			results["cold"].Milliseconds(), results["warm"].Milliseconds(), float64(results["cold"])/float64(results["warm"])))
 	}
 }
 
@@ -103,4 +94,114 @@ func reimportImages(t testing.TB, node string, names ...string) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkLiveMigration moves a 1 GiB guest between the nodes with a
+// VirtualMachineMigration, idle and with Postgres rewriting its memory (an
+// in-memory sort running in a loop). Per case it reports the wall time
+// from the migration's creation to Succeeded, QEMU's own total time and
+// downtime for the same transfer (query-migrate), and their ratio: what
+// the controller adds (target pod scheduling, runner and QEMU start, QMP
+// set-up) on top of the transfer itself. Figures go to
+// $VMSCALE_CACHE/bench/cluster.txt.
+func BenchmarkLiveMigration(b *testing.B) {
+	kc(b)
+	installCRDs(b)
+	ns := namespace(b, "bench-migration")
+	startController(b, buildController(b))
+	apply(b, ns, fmt.Sprintf(`apiVersion: vm.neon.tech/v1
+kind: VirtualMachine
+metadata:
+  name: big
+spec:
+  restartPolicy: Never
+  cpuScalingMode: SysfsScaling
+  guest:
+    cpus: {min: 1, max: 2, use: 2}
+    memorySlotSize: 256Mi
+    memorySlots: {min: 2, max: 4, use: 4}
+    rootDisk: {image: %q, imagePullPolicy: Never, size: 3Gi}
+    ports: [{name: postgres, port: 5432}]
+`, Image(b, "vm-postgres")))
+	waitVM(b, ns, "big", 6*time.Minute, "VM Running with 1Gi", func(s vmStatus) error {
+		if s.Phase != "Running" || s.MemorySize != "1Gi" {
+			return fmt.Errorf("phase %q memory %q", s.Phase, s.MemorySize)
+		}
+		return nil
+	})
+	var lines []string
+	n := 0
+	for _, mode := range []string{"idle", "busy"} {
+		b.Run(mode, func(b *testing.B) {
+			var wall, total, down time.Duration
+			for i := 0; i < b.N; i++ {
+				st := mustVMStatus(b, ns, "big")
+				loadCtx, stop := context.WithCancel(context.Background())
+				done := make(chan struct{})
+				if mode == "busy" {
+					go func() {
+						defer close(done)
+						for loadCtx.Err() == nil {
+							_, _ = guestQueryCtx(loadCtx, st.PodIP, "set work_mem='400MB'; select count(*) from (select g from generate_series(1, 4000000) g order by random()) s")
+						}
+					}()
+					// The transfer starts once the sort runs.
+					poll(b, time.Minute, "the memory-rewriting sort running", func() error {
+						out, err := guestQuery(st.PodIP, "select count(*) from pg_stat_activity where state = 'active' and query like '%order by random()%' and pid <> pg_backend_pid()")
+						if err == nil && out != "1" {
+							err = fmt.Errorf("%q sorts running", out)
+						}
+						return err
+					})
+				} else {
+					close(done)
+				}
+				n++
+				name := fmt.Sprintf("m%d", n)
+				start := time.Now()
+				createMigration(b, ns, name, "big", "")
+				m := waitVMM(b, ns, name, 10*time.Minute, "migration "+name, func(s vmmStatus) error {
+					if s.Phase == "Failed" {
+						b.Fatalf("migration failed: %+v", s.Conditions)
+					}
+					if s.Phase != "Succeeded" {
+						return fmt.Errorf("phase %q", s.Phase)
+					}
+					return nil
+				})
+				wall += time.Since(start)
+				stop()
+				<-done
+				total += time.Duration(m.Info.TotalTimeMs) * time.Millisecond
+				down += time.Duration(m.Info.DowntimeMs) * time.Millisecond
+				waitVM(b, ns, "big", 2*time.Minute, "VM Running after the move", func(s vmStatus) error {
+					if s.Phase != "Running" || s.PodName != m.TargetPodName {
+						return fmt.Errorf("phase %q pod %q", s.Phase, s.PodName)
+					}
+					return nil
+				})
+			}
+			w, q, d := wall/time.Duration(b.N), total/time.Duration(b.N), down/time.Duration(b.N)
+			b.ReportMetric(float64(w.Milliseconds()), "wall-ms/op")
+			b.ReportMetric(float64(q.Milliseconds()), "qemu-total-ms/op")
+			b.ReportMetric(float64(d.Milliseconds()), "downtime-ms/op")
+			lines = append(lines, fmt.Sprintf("migration_1GiB_%s wall_ms=%d qemu_total_ms=%d downtime_ms=%d wall/qemu=%.2f",
+				mode, w.Milliseconds(), q.Milliseconds(), d.Milliseconds(), float64(w)/float64(max(q, time.Millisecond))))
+		})
+	}
+	appendBench(b, strings.Join(lines, " | "))
+}
+
+// appendBench adds a dated line to $VMSCALE_CACHE/bench/cluster.txt.
+func appendBench(t testing.TB, line string) {
+	line = time.Now().UTC().Format(time.RFC3339) + " " + line
+	path := filepath.Join(cacheDir(), "bench", "cluster.txt")
+	_ = os.MkdirAll(filepath.Dir(path), 0o755)
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fmt.Fprintln(f, line)
+	t.Log(line)
 }

@@ -1,11 +1,13 @@
 package cluster
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -137,7 +139,17 @@ func waitVM(t testing.TB, ns, name string, timeout time.Duration, what string, c
 // guestQuery runs SQL in the VM's Postgres from the host (routes reach pod
 // IPs).
 func guestQuery(ip, sql string) (string, error) {
-	out, err := exec.Command("psql", "-h", ip, "-U", "postgres", "-At", "-c", sql).CombinedOutput()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	return guestQueryCtx(ctx, ip, sql)
+}
+
+// guestQueryCtx is guestQuery ending with ctx: a connection to a pod that
+// vanished (a migration's source) would otherwise wait for TCP to give up.
+func guestQueryCtx(ctx context.Context, ip, sql string) (string, error) {
+	cmd := exec.CommandContext(ctx, "psql", "-h", ip, "-U", "postgres", "-At", "-c", sql)
+	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=10")
+	out, err := cmd.CombinedOutput()
 	return strings.TrimSpace(string(out)), err
 }
 
