@@ -73,14 +73,29 @@ func assertNodesReady(t *testing.T) {
 // service account (pods need it).
 func namespace(t testing.TB, name string) string {
 	t.Helper()
-	_, _ = TryKubectl(kubeconfig, "delete", "namespace", name, "--wait=true", "--timeout=60s")
+	deleteNamespace(name, true)
 	Kubectl(t, kubeconfig, "create", "namespace", name)
-	t.Cleanup(func() { _, _ = TryKubectl(kubeconfig, "delete", "namespace", name, "--wait=false") })
+	t.Cleanup(func() { deleteNamespace(name, false) })
 	poll(t, time.Minute, "default service account", func() error {
 		_, err := TryKubectl(kubeconfig, "-n", name, "get", "serviceaccount", "default")
 		return err
 	})
 	return name
+}
+
+// deleteNamespace deletes a test namespace, first releasing its VMs and
+// migrations from their finalizers: the test's controller may be gone, and
+// the namespace would never finish deleting.
+func deleteNamespace(name string, wait bool) {
+	_, _ = TryKubectl(kubeconfig, "delete", "namespace", name, "--wait=false")
+	if out, err := TryKubectl(kubeconfig, "-n", name, "get", "neonvm,neonvmm", "-o", "name"); err == nil {
+		for _, obj := range strings.Fields(out) {
+			_, _ = TryKubectl(kubeconfig, "-n", name, "patch", obj, "--type=merge", "-p", `{"metadata":{"finalizers":null}}`)
+		}
+	}
+	if wait {
+		_, _ = TryKubectl(kubeconfig, "wait", "--for=delete", "namespace/"+name, "--timeout=120s")
+	}
 }
 
 func apply(t testing.TB, ns, manifest string) {
