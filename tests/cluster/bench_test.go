@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -129,9 +130,9 @@ spec:
 		}
 		return nil
 	})
-	var lines []string
+	lines := make([]string, 2)
 	n := 0
-	for _, mode := range []string{"idle", "busy"} {
+	for i, mode := range []string{"idle", "busy"} {
 		b.Run(mode, func(b *testing.B) {
 			var wall, total, down time.Duration
 			for i := 0; i < b.N; i++ {
@@ -185,8 +186,8 @@ spec:
 			b.ReportMetric(float64(w.Milliseconds()), "wall-ms/op")
 			b.ReportMetric(float64(q.Milliseconds()), "qemu-total-ms/op")
 			b.ReportMetric(float64(d.Milliseconds()), "downtime-ms/op")
-			lines = append(lines, fmt.Sprintf("migration_1GiB_%s wall_ms=%d qemu_total_ms=%d downtime_ms=%d wall/qemu=%.2f",
-				mode, w.Milliseconds(), q.Milliseconds(), d.Milliseconds(), float64(w)/float64(max(q, time.Millisecond))))
+			lines[i] = fmt.Sprintf("migration_1GiB_%s wall_ms=%d qemu_total_ms=%d downtime_ms=%d wall/qemu=%.2f",
+				mode, w.Milliseconds(), q.Milliseconds(), d.Milliseconds(), float64(w)/float64(max(q, time.Millisecond)))
 		})
 	}
 	appendBench(b, strings.Join(lines, " | "))
@@ -204,4 +205,151 @@ func appendBench(t testing.TB, line string) {
 	defer f.Close()
 	fmt.Fprintln(f, line)
 	t.Log(line)
+}
+
+// BenchmarkControllerScaling measures, through the controller in the local
+// cluster, a VM spec patch until the status shows it and until the guest
+// itself sees it, for +1 vCPU (SysfsScaling: TCG here), +256 MiB and
+// +1 GiB (virtio-mem). Each case is undone untimed. The guest-side figures
+// are set against the raw QMP figures of `make bench`'s guest benchmark
+// (bench/guest.txt), when there are any: the ratio is the controller's
+// overhead on top of QEMU and the guest.
+func BenchmarkControllerScaling(b *testing.B) {
+	kc(b)
+	installCRDs(b)
+	ns := namespace(b, "bench-scaling")
+	startController(b, buildController(b))
+	apply(b, ns, fmt.Sprintf(`apiVersion: vm.neon.tech/v1
+kind: VirtualMachine
+metadata:
+  name: s
+spec:
+  restartPolicy: Never
+  cpuScalingMode: SysfsScaling
+  guest:
+    cpus: {min: 1, max: 2, use: 1}
+    memorySlotSize: 256Mi
+    memorySlots: {min: 2, max: 8, use: 2}
+    rootDisk: {image: %q, imagePullPolicy: Never, size: 3Gi}
+    ports: [{name: postgres, port: 5432}]
+`, Image(b, "vm-postgres")))
+	st := waitVM(b, ns, "s", 6*time.Minute, "VM Running", func(s vmStatus) error {
+		if s.Phase != "Running" {
+			return fmt.Errorf("phase %q", s.Phase)
+		}
+		return nil
+	})
+	ip := st.PodIP
+	baseMem, err := guestMemTotalKiB(ip)
+	if err != nil {
+		b.Fatal(err)
+	}
+	type scaleCase struct {
+		name          string
+		up, down      string
+		statusCPU     string
+		statusMem     string
+		guestSees     func() error
+		guestBaseline string // key in bench/guest.txt
+	}
+	onlineCPUs := func(want string) func() error {
+		return func() error {
+			out, err := guestQuery(ip, "select pg_read_file('/sys/devices/system/cpu/online')")
+			if err == nil && out != want {
+				err = fmt.Errorf("online %q", out)
+			}
+			return err
+		}
+	}
+	memAbove := func(kib int) func() error {
+		return func() error {
+			m, err := guestMemTotalKiB(ip)
+			if err == nil && m-baseMem < kib {
+				err = fmt.Errorf("MemTotal +%d KiB", m-baseMem)
+			}
+			return err
+		}
+	}
+	cases := []scaleCase{
+		{"+1vCPU", `{"spec":{"guest":{"cpus":{"use":2}}}}`, `{"spec":{"guest":{"cpus":{"use":1}}}}`, "2", "512Mi", onlineCPUs("0-1"), "vcpu_plus1_ms"},
+		{"+256MiB", `{"spec":{"guest":{"memorySlots":{"use":3}}}}`, `{"spec":{"guest":{"memorySlots":{"use":2}}}}`, "1", "768Mi", memAbove(250 * 1024), "mem_plus256Mi_ms"},
+		{"+1GiB", `{"spec":{"guest":{"memorySlots":{"use":6}}}}`, `{"spec":{"guest":{"memorySlots":{"use":2}}}}`, "1", "1536Mi", memAbove(1000 * 1024), ""},
+	}
+	baseline := guestBenchFigures()
+	// b.Run calls each case more than once (N=1 first): keep the last.
+	lines := make([]string, len(cases))
+	for i, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			var toStatus, toGuest time.Duration
+			for i := 0; i < b.N; i++ {
+				start := time.Now()
+				Kubectl(b, kubeconfig, "-n", ns, "patch", "neonvm", "s", "--type=merge", "-p", c.up)
+				statusDone := make(chan time.Duration, 1)
+				go func() {
+					for {
+						s, err := getVMStatus(ns, "s")
+						if err == nil && s.Phase == "Running" && cpuString(s.CPUs) == c.statusCPU && s.MemorySize == c.statusMem {
+							statusDone <- time.Since(start)
+							return
+						}
+						if time.Since(start) > 3*time.Minute {
+							statusDone <- -1
+							return
+						}
+						time.Sleep(50 * time.Millisecond)
+					}
+				}()
+				testpoll.Until(b, 3*time.Minute, 50*time.Millisecond, "guest sees "+c.name, c.guestSees)
+				toGuest += time.Since(start)
+				d := <-statusDone
+				if d < 0 {
+					b.Fatalf("status never showed %s", c.name)
+				}
+				toStatus += d
+				b.StopTimer()
+				Kubectl(b, kubeconfig, "-n", ns, "patch", "neonvm", "s", "--type=merge", "-p", c.down)
+				waitVM(b, ns, "s", 3*time.Minute, "scaled back", func(s vmStatus) error {
+					if s.Phase != "Running" || cpuString(s.CPUs) != "1" || s.MemorySize != "512Mi" {
+						return fmt.Errorf("phase %q cpus %v memory %q", s.Phase, s.CPUs, s.MemorySize)
+					}
+					return nil
+				})
+				b.StartTimer()
+			}
+			s, g := toStatus/time.Duration(b.N), toGuest/time.Duration(b.N)
+			b.ReportMetric(float64(s.Milliseconds()), "to-status-ms/op")
+			b.ReportMetric(float64(g.Milliseconds()), "to-guest-ms/op")
+			line := fmt.Sprintf("scale_%s to_status_ms=%d to_guest_ms=%d", c.name, s.Milliseconds(), g.Milliseconds())
+			if raw, ok := baseline[c.guestBaseline]; ok && raw > 0 {
+				line += fmt.Sprintf(" raw_qmp_ms=%d ratio=%.1f", raw, float64(g.Milliseconds())/float64(raw))
+			}
+			lines[i] = line
+		})
+	}
+	appendBench(b, strings.Join(lines, " | "))
+}
+
+// guestBenchFigures reads the last line of bench/guest.txt (make bench's
+// raw QMP figures) as key=milliseconds.
+func guestBenchFigures() map[string]int64 {
+	out := map[string]int64{}
+	data, err := os.ReadFile(filepath.Join(cacheDir(), "bench", "guest.txt"))
+	if err != nil {
+		return out
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if !strings.Contains(lines[i], "vcpu_plus1_ms=") {
+			continue
+		}
+		for _, f := range strings.Fields(lines[i]) {
+			if k, v, ok := strings.Cut(f, "="); ok {
+				if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+					out[k] = n
+				}
+			}
+		}
+		break
+	}
+	return out
 }
