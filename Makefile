@@ -75,9 +75,11 @@ test-unit: ## Tests that need nothing installed.
 .PHONY: bench
 bench: ## Benchmarks that boot real guests (local processes, then runner pods in the local cluster); figures go to $(VMSCALE_CACHE)/bench/.
 	go test -run '^$$' -bench . -benchtime 3x -timeout 30m ./tests/guest/ | tee /dev/stderr | grep -E '^Benchmark' > /dev/null
-	go test -run '^$$' -bench . -benchtime 2x -timeout 30m ./tests/cluster/ | grep -E '^Benchmark|ms-to'
+	go test -run '^$$' -bench . -benchtime 2x -timeout 30m ./tests/cluster/ | grep -E '^Benchmark'
+	go test -run '^$$' -bench BenchmarkReconcileThroughput -benchtime 1x -timeout 20m ./tests/integration/ | grep -E '^Benchmark'
 	@echo "figures: $(VMSCALE_CACHE)/bench/guest.txt"; tail -n 2 $(VMSCALE_CACHE)/bench/guest.txt
-	@echo "figures: $(VMSCALE_CACHE)/bench/cluster.txt"; tail -n 1 $(VMSCALE_CACHE)/bench/cluster.txt
+	@echo "figures: $(VMSCALE_CACHE)/bench/cluster.txt"; tail -n 3 $(VMSCALE_CACHE)/bench/cluster.txt
+	@echo "figures: $(VMSCALE_CACHE)/bench/controller.txt"; tail -n 1 $(VMSCALE_CACHE)/bench/controller.txt
 
 .PHONY: k8s-binaries
 k8s-binaries: ## Install etcd and build kube-apiserver and kubectl into the cache.

@@ -20,6 +20,7 @@ import (
 // controllerProc is neonvm-controller running on the host against the
 // local cluster (reconcilers only: the webhooks come with `make deploy`).
 type controllerProc struct {
+	bin     string
 	cmd     *exec.Cmd
 	metrics string
 	log     *syncBuffer
@@ -50,7 +51,7 @@ func freePort(t testing.TB) int {
 // privileged runners, the images make images built.
 func startController(t testing.TB, bin string) *controllerProc {
 	t.Helper()
-	p := &controllerProc{metrics: fmt.Sprintf("127.0.0.1:%d", freePort(t)), log: &syncBuffer{}}
+	p := &controllerProc{bin: bin, metrics: fmt.Sprintf("127.0.0.1:%d", freePort(t)), log: &syncBuffer{}}
 	p.cmd = exec.Command(bin, "--kubeconfig="+kubeconfig, "--enable-webhooks=false",
 		"--metrics-bind-address="+p.metrics, fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", freePort(t)),
 		"--runner-image="+Image(t, "neonvm-runner"), "--runner-privileged", "--default-cpu-scaling-mode=SysfsScaling",
@@ -250,6 +251,44 @@ spec:
 		t.Errorf("guest online CPUs %q (%v), want 0", out, err)
 	}
 
+	// QmpScaling: the controller hot-plugs a vCPU over QMP (one plug: TCG
+	// cannot plug again after an unplug, see README).
+	apply(t, ns, fmt.Sprintf(`apiVersion: vm.neon.tech/v1
+kind: VirtualMachine
+metadata:
+  name: qmp
+spec:
+  restartPolicy: Never
+  cpuScalingMode: QmpScaling
+  guest:
+    cpus: {min: 1, max: 2, use: 1}
+    memorySlotSize: 256Mi
+    memorySlots: {min: 2, max: 2, use: 2}
+    rootDisk: {image: %q, imagePullPolicy: Never, size: 3Gi}
+    ports: [{name: postgres, port: 5432}]
+`, Image(t, "vm-postgres")))
+	waitVM(t, ns, "qmp", 6*time.Minute, "QMP-mode VM Running", func(s vmStatus) error {
+		if s.Phase != "Running" || cpuString(s.CPUs) != "1" {
+			return fmt.Errorf("phase %q cpus %v", s.Phase, s.CPUs)
+		}
+		return nil
+	})
+	Kubectl(t, kubeconfig, "-n", ns, "patch", "neonvm", "qmp", "--type=merge", "-p", `{"spec":{"guest":{"cpus":{"use":"1500m"}}}}`)
+	q := waitVM(t, ns, "qmp", 3*time.Minute, "QMP-mode VM with 1500m", func(s vmStatus) error {
+		if s.Phase != "Running" || cpuString(s.CPUs) != "1500m" {
+			return fmt.Errorf("phase %q cpus %v", s.Phase, s.CPUs)
+		}
+		return nil
+	})
+	poll(t, time.Minute, "the hot-plugged vCPU online in the guest", func() error {
+		out, err := guestQuery(q.PodIP, "select pg_read_file('/sys/devices/system/cpu/online')")
+		if err == nil && out != "0-1" {
+			err = fmt.Errorf("online %q", out)
+		}
+		return err
+	})
+	Kubectl(t, kubeconfig, "-n", ns, "delete", "neonvm", "qmp", "--wait=true", "--timeout=120s")
+
 	// The runner pod deleted: a new one, restartCount 1.
 	first := st.PodName
 	Kubectl(t, kubeconfig, "-n", ns, "delete", "pod", first, "--wait=false")
@@ -263,7 +302,7 @@ spec:
 		t.Errorf("Postgres in the restarted VM: %v", err)
 	}
 	metrics, err := httpGet("http://" + ctl.metrics + "/metrics")
-	if err != nil || !strings.Contains(metrics, `vmscale_neonvm_vms{phase="Running"} 1`) || !strings.Contains(metrics, "vmscale_neonvm_qmp_call_duration_seconds") {
+	if err != nil || !strings.Contains(metrics, `vmscale_neonvm_vms{phase="Running"} 1`) || !strings.Contains(metrics, `vmscale_neonvm_qmp_call_duration_seconds_count{command="device_add/del"}`) || !strings.Contains(metrics, "vmscale_neonvm_qmp_call_duration_seconds") {
 		t.Errorf("controller metrics (%v):\n%s", err, grepLines(metrics, "vmscale_neonvm"))
 	}
 }

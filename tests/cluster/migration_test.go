@@ -99,6 +99,12 @@ func TestLiveMigration(t *testing.T) {
 	installCRDs(t)
 	ns := namespace(t, "migration")
 	ctl := startController(t, buildController(t))
+	// Restarted from subtests, the controller must still live with the
+	// whole test, not end with the subtest.
+	restartController := func() {
+		ctl.kill()
+		ctl = startController(t, ctl.bin)
+	}
 	defer func() {
 		if t.Failed() {
 			t.Logf("controller log (tail):\n%s", tail(ctl.log.String(), 60))
@@ -200,6 +206,37 @@ spec:
 			return nil
 		})
 		before = readIdentity(t, vm.PodIP)
+	})
+
+	t.Run("controller restarted mid-flight", func(t *testing.T) {
+		src := mustVMStatus(t, ns, "mig")
+		// 32 MiB/s: some seconds of transfer to restart the controller in.
+		createMigration(t, ns, "resumed", "mig", "  maxBandwidth: 32Mi\n")
+		waitVMM(t, ns, "resumed", 5*time.Minute, "migration Running", func(s vmmStatus) error {
+			if s.Phase != "Running" {
+				return fmt.Errorf("phase %q", s.Phase)
+			}
+			return nil
+		})
+		restartController()
+		m := waitVMM(t, ns, "resumed", 5*time.Minute, "migration Succeeded after the restart", func(s vmmStatus) error {
+			if s.Phase == "Failed" {
+				t.Fatalf("migration failed: %+v", s.Conditions)
+			}
+			if s.Phase != "Succeeded" {
+				return fmt.Errorf("phase %q", s.Phase)
+			}
+			return nil
+		})
+		vm := waitVM(t, ns, "mig", time.Minute, "VM Running in the target pod", func(s vmStatus) error {
+			if s.Phase != "Running" || s.PodName != m.TargetPodName || s.PodName == src.PodName {
+				return fmt.Errorf("phase %q pod %q", s.Phase, s.PodName)
+			}
+			return nil
+		})
+		if now := readIdentity(t, vm.PodIP); now.BootID != before.BootID || now.PostmasterStart != before.PostmasterStart {
+			t.Errorf("the guest restarted: before %+v, now %+v", before, now)
+		}
 	})
 
 	// A slow transfer (1 MiB/s) leaves time to break it.
