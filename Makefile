@@ -37,8 +37,9 @@ build: ## Build every binary into bin/.
 IMAGES_DIR ?= $(VMSCALE_CACHE)/images
 
 .PHONY: images
-images: ## Build an image tarball for every pod binary under cmd/ (and pause) into $(IMAGES_DIR).
-	cd hack/images && go run . -root ../.. -out $(IMAGES_DIR)
+images: ## Build the image tarballs into $(IMAGES_DIR): every pod binary under cmd/, pause, the runner (Debian root + QEMU + guest kernel) and the vm-postgres root disk.
+	rootfs="$$(hack/runner-rootfs.sh)" && guest="$$(hack/guest/build.sh)" && \
+	cd hack/images && go run . -root ../.. -out $(IMAGES_DIR) -runner-rootfs "$$rootfs" -guest "$$guest"
 
 ##@ Local cluster (two nodes, no Docker; see hack/local-cluster/cluster.sh)
 
