@@ -45,9 +45,11 @@ const DefaultDowntimeLimit = 100 * time.Millisecond
 // live migration (spec/neonvm.md §5).
 type MigrationReconciler struct {
 	client.Client
-	Recorder vmv1.EventRecorder
-	Settings podspec.Settings
-	Metrics  *Metrics
+	// APIReader reads around the cache (see VMReconciler.APIReader).
+	APIReader client.Reader
+	Recorder  vmv1.EventRecorder
+	Settings  podspec.Settings
+	Metrics   *Metrics
 	// DowntimeLimit is QEMU's downtime-limit (DefaultDowntimeLimit when 0).
 	DowntimeLimit           time.Duration
 	MaxConcurrentReconciles int
@@ -187,6 +189,9 @@ func (r *MigrationReconciler) pending(ctx context.Context, m *vmv1.VirtualMachin
 	}
 	if target == nil {
 		if c := meta.FindStatusCondition(m.Status.Conditions, ConditionMigration); c != nil && c.Reason == "TargetPodCreated" {
+			if gone, err := podGone(ctx, r.APIReader, m.Namespace, st.TargetPodName); err != nil || !gone {
+				return time.Second, err // not in the cache yet
+			}
 			r.failAndRestore(ctx, m, vm, "TargetPodFailed", fmt.Sprintf("target pod %s disappeared before the migration started", st.TargetPodName))
 			return 0, nil
 		}
@@ -282,6 +287,11 @@ func (r *MigrationReconciler) running(ctx context.Context, m *vmv1.VirtualMachin
 	target, err := r.getPod(ctx, m.Namespace, st.TargetPodName)
 	if err != nil {
 		return 0, err
+	}
+	if target == nil {
+		if gone, err := podGone(ctx, r.APIReader, m.Namespace, st.TargetPodName); err != nil || !gone {
+			return time.Second, err
+		}
 	}
 	if target == nil || runnerStatus(target, r.now()) == runnerFailed || runnerStatus(target, r.now()) == runnerSucceeded {
 		_ = r.qmp(ctx, vm, st.SourcePodIP, func(c *timedQMP) error { return c.c.MigrateCancel(ctx) })

@@ -58,9 +58,13 @@ const (
 // guest's vCPUs and memory equal to its spec (spec/neonvm.md §4.1).
 type VMReconciler struct {
 	client.Client
-	Recorder vmv1.EventRecorder
-	Settings podspec.Settings
-	Metrics  *Metrics
+	// APIReader reads around the cache (the manager's GetAPIReader):
+	// a pod the cache does not show yet is confirmed gone before the VM
+	// is failed for it. Nil: the cached client.
+	APIReader client.Reader
+	Recorder  vmv1.EventRecorder
+	Settings  podspec.Settings
+	Metrics   *Metrics
 	// MaxConcurrentReconciles is --concurrency-limit.
 	MaxConcurrentReconciles int
 	// Guest reaches running VMs (QMP and the runner API); nil: the pod IP.
@@ -271,6 +275,11 @@ func (r *VMReconciler) running(ctx context.Context, vm *vmv1.VirtualMachine) (ti
 		return 0, err
 	}
 	if pod == nil {
+		// The cache may lag (a pod just handed over by a migration):
+		// failing a running VM restarts it, so ask the apiserver first.
+		if gone, err := podGone(ctx, r.APIReader, vm.Namespace, st.PodName); err != nil || !gone {
+			return requeueBusy, err
+		}
 		st.Phase = vmv1.VmFailed
 		setCondition(vm, ConditionDegraded, metav1.ConditionTrue, fmt.Sprintf("runner pod %s is gone", st.PodName))
 		return time.Millisecond, nil
@@ -392,6 +401,20 @@ func (r *VMReconciler) pod(ctx context.Context, vm *vmv1.VirtualMachine) (*corev
 		return nil, fmt.Errorf("pod %s exists but is not controlled by VirtualMachine %s", pod.Name, vm.Name)
 	}
 	return &pod, nil
+}
+
+// podGone says whether the pod really does not exist, asking reader (the
+// apiserver, not the cache); a nil reader takes the cache's word.
+func podGone(ctx context.Context, reader client.Reader, ns, name string) (bool, error) {
+	if reader == nil {
+		return true, nil
+	}
+	var pod corev1.Pod
+	err := reader.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &pod)
+	if apierrors.IsNotFound(err) {
+		return true, nil
+	}
+	return false, err
 }
 
 // multusPrefix marks pod annotations that the network owns: kept on

@@ -149,6 +149,7 @@ func run(ctx context.Context, cfg runConfig) error {
 	m := controllers.NewMetrics(metrics.Registry, mgr.GetCache())
 	if err := (&controllers.VMReconciler{
 		Client:                  mgr.GetClient(),
+		APIReader:               mgr.GetAPIReader(),
 		Recorder:                recorder,
 		Settings:                cfg.settings,
 		Metrics:                 m,
@@ -158,6 +159,7 @@ func run(ctx context.Context, cfg runConfig) error {
 	}
 	if err := (&controllers.MigrationReconciler{
 		Client:                  mgr.GetClient(),
+		APIReader:               mgr.GetAPIReader(),
 		Recorder:                recorder,
 		Settings:                cfg.settings,
 		Metrics:                 m,

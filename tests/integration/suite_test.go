@@ -131,10 +131,11 @@ func startManager(ctx context.Context) (<-chan struct{}, error) {
 	// The VM reconciler, against the real apiserver; no kubelet runs here,
 	// so runner pods stay Pending unless a test sets their status.
 	if err := (&controllers.VMReconciler{
-		Client:   mgr.GetClient(),
-		Recorder: mgr.GetEventRecorder("neonvm-controller"),
-		Settings: testSettings,
-		Metrics:  controllers.NewMetrics(nil, nil),
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("neonvm-controller"),
+		Settings:  testSettings,
+		Metrics:   controllers.NewMetrics(nil, nil),
 		// Only the controller tests' namespaces: the API tests set VM
 		// statuses by hand.
 		EventFilter: predicate.NewPredicateFuncs(func(o client.Object) bool { return strings.HasPrefix(o.GetNamespace(), "vm-") }),
@@ -143,6 +144,7 @@ func startManager(ctx context.Context) (<-chan struct{}, error) {
 	}
 	if err := (&controllers.MigrationReconciler{
 		Client:      mgr.GetClient(),
+		APIReader:   mgr.GetAPIReader(),
 		Recorder:    mgr.GetEventRecorder("neonvm-controller"),
 		Settings:    testSettings,
 		EventFilter: predicate.NewPredicateFuncs(func(o client.Object) bool { return strings.HasPrefix(o.GetNamespace(), "vm-") }),
