@@ -1,0 +1,103 @@
+package monitorclient
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"k8s.io/utils/clock"
+)
+
+// Config times the connection (spec/protocols.md §4, "monitor").
+type Config struct {
+	ConnectTimeout      time.Duration // 4 s
+	RetryMinWait        time.Duration // 5 s between connection attempts
+	HealthCheckEvery    time.Duration // 5 s
+	ResponseTimeout     time.Duration // 5 s
+	MaxHealthCheckFails time.Duration // 30 s of failing health checks: reconnect
+}
+
+// DefaultConfig is the spec's timing.
+func DefaultConfig() Config {
+	return Config{ConnectTimeout: 4 * time.Second, RetryMinWait: 5 * time.Second, HealthCheckEvery: 5 * time.Second,
+		ResponseTimeout: 5 * time.Second, MaxHealthCheckFails: 30 * time.Second}
+}
+
+// Events is told about the connection's life.
+type Events interface {
+	// Connected hands over a new connection; it stays valid until
+	// Disconnected.
+	Connected(c *Conn)
+	Disconnected(err error)
+	// UpscaleRequested is the monitor asking for more memory.
+	UpscaleRequested()
+}
+
+// Run keeps a connection to url until ctx ends: connect (attempts at least
+// RetryMinWait apart), health-check every HealthCheckEvery, and drop and
+// reconnect a connection that ends or whose health checks have failed for
+// MaxHealthCheckFails.
+func Run(ctx context.Context, url string, cfg Config, clk clock.WithTicker, log *slog.Logger, ev Events) {
+	for {
+		attempt := clk.Now()
+		dctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+		conn, err := Dial(dctx, url, log, ev.UpscaleRequested)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			log.Info("cannot connect to the vm-monitor; retrying", "url", url, "err", err, "retryIn", cfg.RetryMinWait)
+		} else {
+			log.Info("connected to the vm-monitor", "url", url)
+			ev.Connected(conn)
+			err := supervise(ctx, conn, cfg, clk, log)
+			conn.Close()
+			ev.Disconnected(err)
+			if ctx.Err() != nil {
+				return
+			}
+			log.Info("vm-monitor connection ended; reconnecting", "err", err)
+		}
+		wait := cfg.RetryMinWait - clk.Since(attempt)
+		if wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-clk.After(wait):
+			}
+		}
+	}
+}
+
+// supervise health-checks conn until it ends, fails for too long, or ctx
+// ends; it returns why.
+func supervise(ctx context.Context, conn *Conn, cfg Config, clk clock.WithTicker, log *slog.Logger) error {
+	t := clk.NewTicker(cfg.HealthCheckEvery)
+	defer t.Stop()
+	var failingSince time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-conn.Done():
+			return conn.Err()
+		case <-t.C():
+		}
+		hctx, cancel := context.WithTimeout(ctx, cfg.ResponseTimeout)
+		err := conn.HealthCheck(hctx)
+		cancel()
+		if err == nil {
+			failingSince = time.Time{}
+			continue
+		}
+		now := clk.Now()
+		if failingSince.IsZero() {
+			failingSince = now
+		}
+		log.Warn("vm-monitor health check failed", "err", err, "failingFor", now.Sub(failingSince))
+		if now.Sub(failingSince) >= cfg.MaxHealthCheckFails {
+			return err
+		}
+	}
+}
