@@ -187,6 +187,15 @@ func (s *State) neonvmAction(now time.Time, desired api.Resources, planned *Plug
 		upper = *s.plugin.permit
 	}
 	target := clampChange(using, desired, lower, upper)
+	// The VM takes whole slots: round toward what the VM uses, so a raise
+	// stays within the permit and a cut within the approval.
+	if s.vm.SlotSize > 0 && target.Mem%s.vm.SlotSize != 0 {
+		if target.Mem > using.Mem {
+			target.Mem = max(using.Mem, target.Mem/s.vm.SlotSize*s.vm.SlotSize)
+		} else {
+			target.Mem = min(using.Mem, s.roundToSlots(target.Mem))
+		}
+	}
 	if target == using || s.neonvm.ongoing != nil {
 		return nil
 	}

@@ -201,3 +201,47 @@ func TestPropertyConverges(t *testing.T) {
 		}
 	}
 }
+
+// TestPropertySmallUnitsWholeSlots: with a compute unit smaller than the
+// slot, every VM patch is still whole slots and the invariants hold.
+func TestPropertySmallUnitsWholeSlots(t *testing.T) {
+	for seed := uint64(0); seed < 100; seed++ {
+		rng := rand.New(rand.NewPCG(seed, 9))
+		small := api.Resources{VCPU: 250, Mem: 256 * mib}
+		vm := testVM()
+		s := NewState(DefaultConfig(small), vm)
+		s.MonitorConnected()
+		now := t0
+		for step := 0; step < 200; step++ {
+			load := rng.Float64() * 2
+			s.UpdateSystemMetrics(SystemMetrics{Load1: load, Load5: load, MemTotal: float64(8 * gib),
+				MemAvailable: float64(8*gib) - rng.Float64()*float64(6*gib)})
+			a := s.NextActions(now)
+			if r := a.PluginRequest; r != nil {
+				s.PluginRequestStarted(now, *r)
+				// Grant a ragged amount: at most 3.3 GiB of memory.
+				p := api.Resources{VCPU: r.Target.VCPU, Mem: min(r.Target.Mem, max(3*gib+300*mib, s.VM().Using.Mem))}
+				_ = s.PluginRequestSucceeded(now, p)
+			}
+			if r := a.NeonVMRequest; r != nil {
+				if r.Target.Mem%gib != 0 {
+					t.Fatalf("seed %d: patch to %s, not whole slots", seed, r.Target.Mem)
+				}
+				if p := s.Permit(); r.Target.Mem > r.Current.Mem && (p == nil || r.Target.Mem > p.Mem) {
+					t.Fatalf("seed %d: patch %s past permit %v", seed, r.Target, p)
+				}
+				s.NeonVMRequestStarted(*r)
+				s.NeonVMRequestSucceeded(r.Target)
+			}
+			if r := a.MonitorUpscale; r != nil {
+				s.MonitorRequestStarted(MonitorUpscale, r.Target)
+				s.MonitorUpscaleSucceeded(r.Target)
+			}
+			if r := a.MonitorDownscale; r != nil {
+				s.MonitorRequestStarted(MonitorDownscale, r.Target)
+				s.MonitorDownscaleResult(now, r.Target, true)
+			}
+			now = now.Add(time.Duration(rng.IntN(3000)) * time.Millisecond)
+		}
+	}
+}
