@@ -27,19 +27,19 @@ type Config struct {
 	RefereshStateIntervalSeconds *uint `json:"refereshStateIntervalSeconds,omitempty"`
 	RefreshStateIntervalSeconds  *uint `json:"refreshStateIntervalSeconds,omitempty"`
 
-	Scaling       ScalingConfig         `json:"scaling"`
-	Monitor       MonitorConfig         `json:"monitor"`
-	Metrics       MetricsConfig         `json:"metrics"`
-	Scheduler     SchedulerConfig       `json:"scheduler"`
-	NeonVM        NeonVMConfig          `json:"neonvm"`
-	DumpState     *DumpStateConfig      `json:"dumpState,omitempty"`
-	Billing       *billing.Config       `json:"billing,omitempty"`
-	ScalingEvents *ScalingEventsConfig  `json:"scalingEvents,omitempty"`
+	Scaling       ScalingConfig        `json:"scaling"`
+	Monitor       MonitorConfig        `json:"monitor"`
+	Metrics       MetricsConfig        `json:"metrics"`
+	Scheduler     SchedulerConfig      `json:"scheduler"`
+	NeonVM        NeonVMConfig         `json:"neonvm"`
+	DumpState     *DumpStateConfig     `json:"dumpState,omitempty"`
+	Billing       *billing.Config      `json:"billing,omitempty"`
+	ScalingEvents *ScalingEventsConfig `json:"scalingEvents,omitempty"`
 }
 
 // ScalingConfig is "scaling".
 type ScalingConfig struct {
-	ComputeUnit   api.Resources  `json:"computeUnit"`
+	ComputeUnit   api.Resources   `json:"computeUnit"`
 	DefaultConfig ScalingDefaults `json:"defaultConfig"`
 }
 

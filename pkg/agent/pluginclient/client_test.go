@@ -87,7 +87,9 @@ func TestRequestBytesEqualVectors(t *testing.T) {
 
 func TestReplyErrors(t *testing.T) {
 	for name, h := range map[string]http.HandlerFunc{
-		"500 text": func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "timed out waiting for updates to be processed", 500) },
+		"500 text": func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, "timed out waiting for updates to be processed", 500)
+		},
 		"not json": func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"permit":{}}`)) },
 		"bad body": func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
@@ -154,7 +156,7 @@ func (s *vmStore) PatchVM(_ context.Context, ns, name string, patch []byte) (*vm
 }
 
 func (s *vmStore) CreateMigration(context.Context, *vmv1.VirtualMachineMigration) error { return nil }
-func (s *vmStore) DeleteMigration(context.Context, string, string) error               { return nil }
+func (s *vmStore) DeleteMigration(context.Context, string, string) error                { return nil }
 
 // TestAgainstRealPermitServer runs the plugin's permit HTTP handler with
 // its real Enforcer (a 2-CPU / 8 GiB node, one VM) and asks it for more
