@@ -342,15 +342,6 @@ func createVM(t *testing.T, ns, name, group string, cpu vmv1.MilliCPU, slots int
 	return pod
 }
 
-func getVM(t *testing.T, ns, name string) *vmv1.VirtualMachine {
-	t.Helper()
-	var vm vmv1.VirtualMachine
-	if err := k8sClient.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, &vm); err != nil {
-		t.Fatal(err)
-	}
-	return &vm
-}
-
 func podNode(ns, name string) (string, error) {
 	var p corev1.Pod
 	if err := k8sClient.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, &p); err != nil {
