@@ -29,7 +29,6 @@ import (
 	"github.com/vmscale/vmscale/pkg/agent/billing"
 	"github.com/vmscale/vmscale/pkg/agent/core"
 	"github.com/vmscale/vmscale/pkg/agent/pluginclient"
-	"github.com/vmscale/vmscale/pkg/agent/scrape"
 	"github.com/vmscale/vmscale/pkg/agent/vminfo"
 	"github.com/vmscale/vmscale/pkg/agent/vmpatch"
 )
@@ -90,13 +89,14 @@ func New(o Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build the agent's client: %w", err)
 	}
-	httpc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute}}
+	// Every runner talks to the one scheduler: keep enough connections to
+	// it that runners do not dial afresh for each request.
+	httpc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute, DisableCompression: true}}
 	d := &deps{
 		cfg: o.Config, core: o.Config.Core(), defaults: o.Config.DefaultScaling(), log: o.Log, clk: clk,
 		plugin:  &pluginclient.Client{HTTP: httpc, Port: int(o.Config.Scheduler.RequestPort)},
 		finder:  &pluginclient.Finder{Reader: c, SchedulerName: o.Config.Scheduler.SchedulerName},
 		patcher: &vmpatch.Patcher{Client: cl},
-		fetcher: &scrape.Fetcher{Client: httpc},
 		metrics: o.Metrics,
 	}
 	return &Agent{d: d, node: o.Node, cache: c, runners: map[types.NamespacedName]*handle{}}, nil

@@ -33,7 +33,6 @@ type deps struct {
 	plugin   *pluginclient.Client
 	finder   *pluginclient.Finder
 	patcher  *vmpatch.Patcher
-	fetcher  *scrape.Fetcher
 	metrics  *Metrics
 }
 
@@ -80,8 +79,8 @@ func (r *runner) poke() {
 	}
 }
 
-func (r *runner) url(port uint16, path string) string {
-	return "http://" + net.JoinHostPort(r.podIP, strconv.Itoa(int(port))) + path
+func (r *runner) target(port uint16) *scrape.Target {
+	return &scrape.Target{Addr: net.JoinHostPort(r.podIP, strconv.Itoa(int(port))), Path: "/metrics"}
 }
 
 // run decides and acts until ctx ends.
@@ -90,7 +89,7 @@ func (r *runner) run(ctx context.Context) {
 	defer wg.Wait()
 	sys := r.d.cfg.Metrics.System
 	wg.Go(func() {
-		r.scrapeLoop(ctx, "system", r.url(sys.Port, "/metrics"), sys, func(b []byte) error {
+		r.scrapeLoop(ctx, "system", r.target(sys.Port), sys, func(b []byte) error {
 			m, err := scrape.ParseSystem(b)
 			if err == nil {
 				r.st.UpdateSystemMetrics(m)
@@ -100,7 +99,7 @@ func (r *runner) run(ctx context.Context) {
 	})
 	lfc := r.d.cfg.Metrics.LFC
 	wg.Go(func() {
-		r.scrapeLoop(ctx, "lfc", r.url(lfc.Port, "/metrics"), lfc, func(b []byte) error {
+		r.scrapeLoop(ctx, "lfc", r.target(lfc.Port), lfc, func(b []byte) error {
 			m, err := scrape.ParseLFC(b)
 			if err == nil {
 				r.st.UpdateLFCMetrics(m)
@@ -112,6 +111,8 @@ func (r *runner) run(ctx context.Context) {
 	wg.Go(func() { monitorclient.Run(ctx, wsURL, r.d.cfg.MonitorClient(), r.d.clk, r.log, r) })
 
 	refresh := secs(r.d.cfg.refreshInterval())
+	t := r.d.clk.NewTimer(refresh)
+	defer t.Stop()
 	for {
 		r.mu.Lock()
 		now := r.d.clk.Now()
@@ -122,10 +123,9 @@ func (r *runner) run(ctx context.Context) {
 		if acts.Wait != nil && acts.Wait.Duration < wait {
 			wait = acts.Wait.Duration
 		}
-		t := r.d.clk.NewTimer(wait)
+		t.Reset(wait)
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			r.mu.Lock()
 			if r.monitor != nil {
 				r.monitor = nil
@@ -134,9 +134,16 @@ func (r *runner) run(ctx context.Context) {
 			r.mu.Unlock()
 			return
 		case <-r.wake:
+			// A stopped timer may still hold its old tick; drain it so
+			// the next wait starts clean.
+			if !t.Stop() {
+				select {
+				case <-t.C():
+				default:
+				}
+			}
 		case <-t.C():
 		}
-		t.Stop()
 	}
 }
 
@@ -360,8 +367,12 @@ func (r *runner) updateVM(vm *vmv1.VirtualMachine, info core.VMInfo) {
 // scrapeLoop scrapes one source every period, the first time after a
 // random part of it, so VMs' scrapes spread out. LFC metrics are only
 // scraped while the VM's config enables them.
-func (r *runner) scrapeLoop(ctx context.Context, source, url string, cfg MetricsSourceConfig, apply func([]byte) error) {
+func (r *runner) scrapeLoop(ctx context.Context, source string, tg *scrape.Target, cfg MetricsSourceConfig, apply func([]byte) error) {
+	defer tg.Close()
 	period := secs(cfg.SecondsBetweenRequests)
+	took := r.d.metrics.ScrapeDuration.WithLabelValues(source)
+	okCount := r.d.metrics.Scrapes.WithLabelValues(source, "ok")
+	errCount := r.d.metrics.Scrapes.WithLabelValues(source, "error")
 	first := time.Duration(rand.Int64N(int64(period) + 1))
 	t := r.d.clk.NewTimer(first)
 	defer t.Stop()
@@ -383,23 +394,23 @@ func (r *runner) scrapeLoop(ctx context.Context, source, url string, cfg Metrics
 		}
 		start := r.d.clk.Now()
 		sctx, cancel := context.WithTimeout(ctx, secs(cfg.RequestTimeoutSeconds))
-		page, err := r.d.fetcher.Get(sctx, url, &buf)
+		page, err := tg.Get(sctx, &buf)
 		cancel()
 		if err == nil {
 			r.mu.Lock()
 			err = apply(page)
 			r.mu.Unlock()
 		}
-		r.d.metrics.ScrapeDuration.WithLabelValues(source).Observe(r.d.clk.Since(start).Seconds())
+		took.Observe(r.d.clk.Since(start).Seconds())
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			r.d.metrics.Scrapes.WithLabelValues(source, "error").Inc()
+			errCount.Inc()
 			r.log.Debug("metrics scrape failed", "source", source, "err", err)
 			continue
 		}
-		r.d.metrics.Scrapes.WithLabelValues(source, "ok").Inc()
+		okCount.Inc()
 		r.poke()
 	}
 }
