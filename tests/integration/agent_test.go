@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,7 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -354,6 +355,28 @@ func TestAgentScalesVMUpAndDown(t *testing.T) {
 		t.Fatalf("plugin's approval on the VM: %q", approved)
 	}
 
+	// The state dump shows the runner with the plugin's permit and the
+	// monitor's approval.
+	rec := httptest.NewRecorder()
+	a.DumpHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	var dump struct {
+		Node    string
+		Runners []struct {
+			VM    string
+			State struct {
+				Permit, MonitorApproved *api.Resources
+			}
+		}
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &dump); err != nil {
+		t.Fatalf("state dump: %v\n%s", err, rec.Body.String())
+	}
+	if dump.Node != node || len(dump.Runners) != 1 || dump.Runners[0].VM != ns+"/vm" ||
+		dump.Runners[0].State.Permit == nil || *dump.Runners[0].State.Permit != maxRes ||
+		dump.Runners[0].State.MonitorApproved == nil || *dump.Runners[0].State.MonitorApproved != maxRes {
+		t.Fatalf("state dump: %s", rec.Body.String())
+	}
+
 	// The load drops but the monitor denies: the VM stays.
 	mon.mu.Lock()
 	mon.deny = true
@@ -396,9 +419,12 @@ func TestAgentScalesVMUpAndDown(t *testing.T) {
 		t.Fatalf("order: %v\nbounds/approval: %v\nmonitor log: %v", mon.errs, violations, mon.log)
 	}
 	for _, p := range []struct{ dir, phase string }{{"up", "permit"}, {"up", "vm_patch"}, {"up", "monitor"}, {"down", "monitor"}, {"down", "vm_patch"}, {"down", "plugin"}} {
-		if n := testutil.CollectAndCount(metrics.ScalingPhase.WithLabelValues(p.dir, p.phase).(prometheus.Histogram)); n != 1 {
+		var m dto.Metric
+		if err := metrics.ScalingPhase.WithLabelValues(p.dir, p.phase).(prometheus.Histogram).Write(&m); err != nil || m.Histogram.GetSampleCount() != 1 {
 			t.Errorf("no latency recorded for %s/%s", p.dir, p.phase)
+			continue
 		}
+		t.Logf("scaling %s, decision to %s: %s", p.dir, p.phase, time.Duration(m.Histogram.GetSampleSum()*float64(time.Second)).Round(time.Millisecond))
 	}
 	t.Logf("monitor saw: %v", mon.log)
 }
