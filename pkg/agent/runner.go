@@ -59,7 +59,11 @@ type episode struct {
 	start    time.Time
 	revision int64
 	patched  bool
-	seen     map[string]bool
+	// done is set once the last peer heard of it; the status phase (the
+	// controller's report) may still come later, until a new episode
+	// replaces this one.
+	done bool
+	seen map[string]bool
 }
 
 func newRunner(d *deps, vm *vmv1.VirtualMachine, info core.VMInfo) *runner {
@@ -151,7 +155,7 @@ func (r *runner) run(ctx context.Context) {
 func (r *runner) startActions(ctx context.Context, wg *sync.WaitGroup, now time.Time, acts core.Actions) {
 	using := r.st.VM().Using
 	if req := acts.PluginRequest; req != nil {
-		if req.Target.AnyAbove(using) && r.up == nil {
+		if req.Target.AnyAbove(using) && (r.up == nil || r.up.done) {
 			r.up = &episode{start: now, seen: map[string]bool{}}
 			r.log.Info("scaling up", "from", using.String(), "to", req.Target.String())
 		}
@@ -161,7 +165,7 @@ func (r *runner) startActions(ctx context.Context, wg *sync.WaitGroup, now time.
 		wg.Go(func() { r.doPlugin(ctx, areq) })
 	}
 	if req := acts.MonitorDownscale; req != nil && r.monitor != nil {
-		if r.down == nil {
+		if r.down == nil || r.down.done {
 			r.down = &episode{start: now, seen: map[string]bool{}}
 			r.log.Info("scaling down", "from", using.String(), "to", req.Target.String())
 		}
@@ -216,12 +220,12 @@ func (r *runner) doPlugin(ctx context.Context, req *api.AgentRequest) {
 		err = r.st.PluginRequestSucceeded(now, permit)
 	}
 	if err == nil {
-		if r.up != nil {
+		if r.up != nil && !r.up.done {
 			r.phase(r.up, "up", "permit", now)
 		}
-		if r.down != nil && r.down.patched && !req.Resources.AnyAbove(r.st.VM().Using) {
+		if r.down != nil && r.down.patched && !r.down.done && !req.Resources.AnyAbove(r.st.VM().Using) {
 			r.phase(r.down, "down", "plugin", now)
-			r.down = nil
+			r.down.done = true
 		}
 	}
 	r.mu.Unlock()
@@ -246,11 +250,11 @@ func (r *runner) doNeonVM(ctx context.Context, req core.NeonVMRequest, body []by
 	} else {
 		r.st.NeonVMRequestSucceeded(req.Target)
 		r.hasRevision = true
-		if req.Target.AnyAbove(req.Current) && r.up != nil {
+		if req.Target.AnyAbove(req.Current) && r.up != nil && !r.up.done {
 			r.up.revision = req.Revision.Value
 			r.phase(r.up, "up", "vm_patch", now)
 		}
-		if req.Current.AnyAbove(req.Target) && r.down != nil {
+		if req.Current.AnyAbove(req.Target) && r.down != nil && !r.down.done {
 			r.down.revision, r.down.patched = req.Revision.Value, true
 			r.phase(r.down, "down", "vm_patch", now)
 		}
@@ -289,13 +293,13 @@ func (r *runner) doMonitor(ctx context.Context, conn *monitorclient.Conn, gen in
 		r.st.MonitorRequestFailed(now, kind)
 	case kind == core.MonitorUpscale:
 		r.st.MonitorUpscaleSucceeded(target)
-		if r.up != nil && r.st.Desired(now).Resources.FitsIn(target) {
+		if r.up != nil && !r.up.done && r.st.Desired(now).Resources.FitsIn(target) {
 			r.phase(r.up, "up", "monitor", now)
-			r.up = nil
+			r.up.done = true
 		}
 	default:
 		r.st.MonitorDownscaleResult(now, target, res.Ok)
-		if res.Ok && r.down != nil {
+		if res.Ok && r.down != nil && !r.down.done {
 			r.phase(r.down, "down", "monitor", now)
 		}
 	}

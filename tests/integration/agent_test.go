@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -226,6 +227,7 @@ func TestAgentScalesVMUpAndDown(t *testing.T) {
 	metricsSrv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = metricsSrv.Serve(metricsL) }()
 	defer metricsSrv.Close()
+	serveAlso(t, metricsSrv, metricsL)
 
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	mon := &recordingMonitor{ns: ns, vm: "vm", core: &monitor.Core{MemTotal: func() (uint64, error) { return 1 << 30, nil },
@@ -238,6 +240,7 @@ func TestAgentScalesVMUpAndDown(t *testing.T) {
 	monSrv := &http.Server{Handler: ms.Routes(), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = monSrv.Serve(monL) }()
 	defer monSrv.Close()
+	serveAlso(t, monSrv, monL)
 	defer ms.Close()
 
 	// The VM, 250m–1 vCPU and 1–4 GiB, with its runner pod bound by the
@@ -297,6 +300,12 @@ func TestAgentScalesVMUpAndDown(t *testing.T) {
 					watchMu.Lock()
 					violations = append(violations, bad)
 					watchMu.Unlock()
+				}
+				// Stand in for the controller: report the target revision
+				// as applied, as it does once the guest has the resources.
+				if tr := got.Spec.TargetRevision; tr != nil && (got.Status.CurrentRevision == nil || *got.Status.CurrentRevision != *tr) {
+					got.Status.CurrentRevision = tr.DeepCopy()
+					_ = k8sClient.Status().Update(ctx, &got)
 				}
 			}
 			time.Sleep(20 * time.Millisecond) // sampling period, not synchronisation
@@ -377,6 +386,11 @@ func TestAgentScalesVMUpAndDown(t *testing.T) {
 		t.Fatalf("state dump: %s", rec.Body.String())
 	}
 
+	// The scheduler crashes and comes back: nothing is lost (the agent
+	// re-sends its last permit; the approval is on the VM).
+	sched.kill()
+	sched.start()
+
 	// The load drops but the monitor denies: the VM stays.
 	mon.mu.Lock()
 	mon.deny = true
@@ -406,6 +420,38 @@ func TestAgentScalesVMUpAndDown(t *testing.T) {
 		return nil
 	})
 
+	// Migrating: not this agent's to scale any more; the runner stops.
+	// Back on this node behind another pod: a new runner starts.
+	setStatus := func(phase vmv1.VmPhase, podIP string) {
+		t.Helper()
+		eventually(t, 10*time.Second, "VM status "+string(phase), func() error {
+			var got vmv1.VirtualMachine
+			if err := k8sClient.Get(ctx, client.ObjectKeyFromObject(vm), &got); err != nil {
+				return err
+			}
+			got.Status.Phase, got.Status.PodIP = phase, podIP
+			return k8sClient.Status().Update(ctx, &got)
+		})
+	}
+	runners := func(want float64) func() error {
+		return func() error {
+			if got := testutil.ToFloat64(metrics.Runners); got != want {
+				return fmt.Errorf("%v runners, want %v", got, want)
+			}
+			return nil
+		}
+	}
+	setStatus(vmv1.VmMigrating, "127.0.0.1")
+	eventually(t, 10*time.Second, "runner stopped while migrating", runners(0))
+	setStatus(vmv1.VmRunning, "127.0.0.2")
+	eventually(t, 10*time.Second, "runner started again", runners(1))
+	eventually(t, 30*time.Second, "new runner connected to the monitor at the new address", func() error {
+		if got := testutil.ToFloat64(metrics.MonitorsUp); got != 1 {
+			return fmt.Errorf("%v monitor connections", got)
+		}
+		return nil
+	})
+
 	cancel()
 	if err := <-agentDone; err != nil {
 		t.Fatalf("agent: %v", err)
@@ -418,7 +464,8 @@ func TestAgentScalesVMUpAndDown(t *testing.T) {
 	if len(mon.errs) > 0 || len(violations) > 0 {
 		t.Fatalf("order: %v\nbounds/approval: %v\nmonitor log: %v", mon.errs, violations, mon.log)
 	}
-	for _, p := range []struct{ dir, phase string }{{"up", "permit"}, {"up", "vm_patch"}, {"up", "monitor"}, {"down", "monitor"}, {"down", "vm_patch"}, {"down", "plugin"}} {
+	for _, p := range []struct{ dir, phase string }{{"up", "permit"}, {"up", "vm_patch"}, {"up", "status"}, {"up", "monitor"},
+		{"down", "monitor"}, {"down", "vm_patch"}, {"down", "status"}, {"down", "plugin"}} {
 		var m dto.Metric
 		if err := metrics.ScalingPhase.WithLabelValues(p.dir, p.phase).(prometheus.Histogram).Write(&m); err != nil || m.Histogram.GetSampleCount() != 1 {
 			t.Errorf("no latency recorded for %s/%s", p.dir, p.phase)
@@ -427,6 +474,17 @@ func TestAgentScalesVMUpAndDown(t *testing.T) {
 		t.Logf("scaling %s, decision to %s: %s", p.dir, p.phase, time.Duration(m.Histogram.GetSampleSum()*float64(time.Second)).Round(time.Millisecond))
 	}
 	t.Logf("monitor saw: %v", mon.log)
+}
+
+// serveAlso serves srv on 127.0.0.2 too, on l's port: where the VM's
+// "new pod" is after its move.
+func serveAlso(t *testing.T, srv *http.Server, l net.Listener) {
+	t.Helper()
+	l2, err := net.Listen("tcp", net.JoinHostPort("127.0.0.2", strconv.Itoa(l.Addr().(*net.TCPAddr).Port)))
+	if err != nil {
+		t.Fatalf("listen on 127.0.0.2: %v", err)
+	}
+	go func() { _ = srv.Serve(l2) }()
 }
 
 func testLogger(t *testing.T) *slog.Logger {

@@ -68,3 +68,19 @@ func BenchmarkNextActionsLFC(b *testing.B) {
 		_ = s.NextActions(now)
 	}
 }
+
+// BenchmarkLFCWorkingSet is the estimate over 60 windows, done once per
+// LFC scrape (not per decision).
+func BenchmarkLFCWorkingSet(b *testing.B) {
+	cfg := DefaultScalingConfig()
+	pages := make([]float64, 60)
+	for i := range pages {
+		pages[i] = float64(1000 + 10*i)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, ok := LFCWorkingSetBytes(cfg, pages); !ok {
+			b.Fatal("no estimate")
+		}
+	}
+}
