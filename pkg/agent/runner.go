@@ -51,6 +51,8 @@ type runner struct {
 	monitor     *monitorclient.Conn
 	monitorGen  int
 	up, down    *episode
+	// lastDesired is the desired size after the last scrape.
+	lastDesired api.Resources
 	wake        chan struct{}
 }
 
@@ -83,8 +85,9 @@ func (r *runner) poke() {
 	}
 }
 
-func (r *runner) target(port uint16) *scrape.Target {
-	return &scrape.Target{Addr: net.JoinHostPort(r.podIP, strconv.Itoa(int(port))), Path: "/metrics"}
+func (r *runner) target(src MetricsSourceConfig) *scrape.Target {
+	return &scrape.Target{Addr: net.JoinHostPort(r.podIP, strconv.Itoa(int(src.Port))), Path: "/metrics",
+		Timeout: secs(src.RequestTimeoutSeconds)}
 }
 
 // run decides and acts until ctx ends.
@@ -93,7 +96,7 @@ func (r *runner) run(ctx context.Context) {
 	defer wg.Wait()
 	sys := r.d.cfg.Metrics.System
 	wg.Go(func() {
-		r.scrapeLoop(ctx, "system", r.target(sys.Port), sys, func(b []byte) error {
+		r.scrapeLoop(ctx, "system", r.target(sys), sys, func(b []byte) error {
 			m, err := scrape.ParseSystem(b)
 			if err == nil {
 				r.st.UpdateSystemMetrics(m)
@@ -103,7 +106,7 @@ func (r *runner) run(ctx context.Context) {
 	})
 	lfc := r.d.cfg.Metrics.LFC
 	wg.Go(func() {
-		r.scrapeLoop(ctx, "lfc", r.target(lfc.Port), lfc, func(b []byte) error {
+		r.scrapeLoop(ctx, "lfc", r.target(lfc), lfc, func(b []byte) error {
 			m, err := scrape.ParseLFC(b)
 			if err == nil {
 				r.st.UpdateLFCMetrics(m)
@@ -397,12 +400,16 @@ func (r *runner) scrapeLoop(ctx context.Context, source string, tg *scrape.Targe
 			}
 		}
 		start := r.d.clk.Now()
-		sctx, cancel := context.WithTimeout(ctx, secs(cfg.RequestTimeoutSeconds))
-		page, err := tg.Get(sctx, &buf)
-		cancel()
+		page, err := tg.Get(ctx, &buf)
+		changed := false
 		if err == nil {
 			r.mu.Lock()
-			err = apply(page)
+			if err = apply(page); err == nil {
+				// Wake the decision loop only if the metrics moved what
+				// the VM should have: otherwise its decision stands.
+				d := r.st.Desired(r.d.clk.Now()).Resources
+				changed, r.lastDesired = d != r.lastDesired, d
+			}
 			r.mu.Unlock()
 		}
 		took.Observe(r.d.clk.Since(start).Seconds())
@@ -415,7 +422,9 @@ func (r *runner) scrapeLoop(ctx context.Context, source string, tg *scrape.Targe
 			continue
 		}
 		okCount.Inc()
-		r.poke()
+		if changed {
+			r.poke()
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +24,7 @@ import (
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/pkg/agent"
+	"github.com/vmscale/vmscale/pkg/agent/scrape"
 )
 
 // startAgentPeer builds and starts tests/integration/agentpeer, the
@@ -56,6 +60,49 @@ func startAgentPeer(t *testing.T) (metrics, monitor, permit int) {
 	return metrics, monitor, permit
 }
 
+// scrapeFloor scrapes the n VMs' addresses every 5 s for window, as the
+// agent does but with nothing else, and returns the CPU time per scrape.
+func scrapeFloor(t *testing.T, n, port int, window time.Duration) time.Duration {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	var count atomic.Int64
+	for i := range n {
+		tg := &scrape.Target{Addr: fmt.Sprintf("127.0.%d.%d:%d", 1+i/250, 1+i%250, port), Path: "/metrics", Timeout: 2 * time.Second}
+		wg.Go(func() {
+			defer tg.Close()
+			var buf bytes.Buffer
+			tk := time.NewTimer(time.Duration(i) * 5 * time.Second / time.Duration(n))
+			defer tk.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tk.C:
+				}
+				tk.Reset(5 * time.Second)
+				if page, err := tg.Get(ctx, &buf); err == nil {
+					if _, err := scrape.ParseSystem(page); err == nil {
+						count.Add(1)
+					}
+				}
+			}
+		})
+	}
+	time.Sleep(6 * time.Second) // every connection made, not synchronisation
+	u0, s0 := cpuTime()
+	c0 := count.Load()
+	time.Sleep(window) // the measurement window, not synchronisation
+	u1, s1 := cpuTime()
+	scrapes := count.Load() - c0
+	if scrapes < int64(n) {
+		t.Fatalf("only %d scrapes in %s", scrapes, window)
+	}
+	return (u1 + s1 - u0 - s0) / time.Duration(scrapes)
+}
+
 // cpuTime is this process's user and system CPU time.
 func cpuTime() (user, sys time.Duration) {
 	var ru syscall.Rusage
@@ -71,7 +118,9 @@ func cpuTime() (user, sys time.Duration) {
 // process's CPU time and allocation per VM per cycle, and the heap held per
 // VM. This process also runs the suite's webhook server and VM reconciler
 // (idle here), and on loopback the kernel's receive work for each write is
-// charged to the writer, so the CPU figure is an upper bound.
+// charged to the writer, so the CPU figure is an upper bound. For scale, the
+// same run first measures the bare scrapes alone (fetch and parse, nothing
+// else).
 //
 // It takes about two minutes; set VMSCALE_AGENT_BENCH=1 to run it.
 func TestAgentLoad500VMs(t *testing.T) {
@@ -119,6 +168,10 @@ func TestAgentLoad500VMs(t *testing.T) {
 	time.Sleep(10 * time.Second) // the baseline window, not synchronisation
 	bu1, bs1 := cpuTime()
 	baseline := float64(bu1+bs1-bu0-bs0) / time.Since(b0).Seconds() // CPU-seconds per second
+	// The floor: what the same scrapes cost with nothing else, each VM's
+	// page fetched every 5 s over its own kept-alive connection and parsed.
+	floor := scrapeFloor(t, n, metricsPort, 30*time.Second)
+	t.Logf("bare scrape (fetch + parse, no agent) per VM per cycle: %s", floor)
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)

@@ -18,6 +18,10 @@ import (
 type Target struct {
 	Addr string // host:port
 	Path string // "/metrics"
+	// Timeout bounds each scrape (10 s if zero), besides ctx: a context
+	// ending mid-read is noticed at the timeout, which saves a timer per
+	// scrape.
+	Timeout time.Duration
 
 	conn net.Conn
 	br   *bufio.Reader
@@ -47,12 +51,16 @@ func (t *Target) Get(ctx context.Context, buf *bytes.Buffer) ([]byte, error) {
 }
 
 func (t *Target) get(ctx context.Context, buf *bytes.Buffer) ([]byte, error) {
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		deadline = time.Now().Add(10 * time.Second)
+	timeout := t.Timeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	deadline := time.Now().Add(timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
 	}
 	if t.conn == nil {
-		var d net.Dialer
+		d := net.Dialer{Deadline: deadline}
 		c, err := d.DialContext(ctx, "tcp", t.Addr)
 		if err != nil {
 			return nil, err
