@@ -17,8 +17,11 @@ type Metrics struct {
 	// ScalingPhase is the end-to-end scaling latency: from the decision to
 	// each phase (permit, vm_patch, status, monitor; for downscales monitor
 	// first and plugin last).
-	ScalingPhase  *prometheus.HistogramVec
-	BadVMs        prometheus.Counter
+	ScalingPhase *prometheus.HistogramVec
+	BadVMs       prometheus.Counter
+	// StuckVMs are VMs whose requests to a peer fail more often than its
+	// maxFailedRequestRate allows.
+	StuckVMs      *prometheus.GaugeVec
 	BillingPushes *prometheus.CounterVec
 }
 
@@ -43,11 +46,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}, []string{"direction", "phase"}),
 		BadVMs: prometheus.NewCounter(prometheus.CounterOpts{Name: "vmscale_agent_vm_info_errors_total",
 			Help: "VM objects that could not be read (bad bounds or config annotations)."}),
+		StuckVMs: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "vmscale_agent_stuck_vms",
+			Help: "VMs whose requests to a peer (plugin, neonvm, monitor) failed more than maxFailedRequestRate allows."}, []string{"peer"}),
 		BillingPushes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "vmscale_agent_billing_pushes_total",
 			Help: "Billing event pushes, by outcome."}, []string{"outcome"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Runners, m.MonitorsUp, m.Requests, m.RequestDuration, m.Scrapes, m.ScrapeDuration, m.ScalingPhase, m.BadVMs, m.BillingPushes)
+		reg.MustRegister(m.Runners, m.MonitorsUp, m.Requests, m.RequestDuration, m.Scrapes, m.ScrapeDuration, m.ScalingPhase, m.BadVMs, m.StuckVMs, m.BillingPushes)
 	}
 	return m
 }

@@ -53,6 +53,9 @@ type runner struct {
 	up, down    *episode
 	// lastDesired is the desired size after the last scrape.
 	lastDesired api.Resources
+	// failures flag the VM as stuck per peer.
+	failures map[string]*core.FailureRate
+	stuck    map[string]bool
 	wake        chan struct{}
 }
 
@@ -74,8 +77,35 @@ func newRunner(d *deps, vm *vmv1.VirtualMachine, info core.VMInfo) *runner {
 		st:          core.NewState(d.core, info),
 		hasRevision: vm.Spec.TargetRevision != nil,
 		wake:        make(chan struct{}, 1),
+		stuck:       map[string]bool{},
+		failures: map[string]*core.FailureRate{
+			"plugin":  failureRate(d.cfg.Scheduler.MaxFailedRequestRate),
+			"neonvm":  failureRate(d.cfg.NeonVM.MaxFailedRequestRate),
+			"monitor": failureRate(d.cfg.Monitor.MaxFailedRequestRate),
+		},
 	}
 	return r
+}
+
+func failureRate(c FailedRequestRate) *core.FailureRate {
+	return &core.FailureRate{Interval: secs(c.IntervalSeconds), Threshold: int(c.Threshold)}
+}
+
+// outcome records a request's end for the stuck-VM metric; r.mu is held.
+func (r *runner) outcome(peer string, now time.Time, failed bool) {
+	f := r.failures[peer]
+	if failed {
+		f.Record(now)
+	}
+	if stuck := f.Stuck(now); stuck != r.stuck[peer] {
+		r.stuck[peer] = stuck
+		if stuck {
+			r.d.metrics.StuckVMs.WithLabelValues(peer).Inc()
+			r.log.Warn("requests keep failing; the VM is stuck", "peer", peer)
+		} else {
+			r.d.metrics.StuckVMs.WithLabelValues(peer).Dec()
+		}
+	}
 }
 
 func (r *runner) poke() {
@@ -137,6 +167,12 @@ func (r *runner) run(ctx context.Context) {
 			if r.monitor != nil {
 				r.monitor = nil
 				r.d.metrics.MonitorsUp.Dec()
+			}
+			for peer, stuck := range r.stuck {
+				if stuck {
+					r.d.metrics.StuckVMs.WithLabelValues(peer).Dec()
+					r.stuck[peer] = false
+				}
 			}
 			r.mu.Unlock()
 			return
@@ -222,6 +258,7 @@ func (r *runner) doPlugin(ctx context.Context, req *api.AgentRequest) {
 	} else {
 		err = r.st.PluginRequestSucceeded(now, permit)
 	}
+	r.outcome("plugin", now, err != nil)
 	if err == nil {
 		if r.up != nil && !r.up.done {
 			r.phase(r.up, "up", "permit", now)
@@ -248,6 +285,7 @@ func (r *runner) doNeonVM(ctx context.Context, req core.NeonVMRequest, body []by
 	cancel()
 	r.mu.Lock()
 	now := r.d.clk.Now()
+	r.outcome("neonvm", now, err != nil)
 	if err != nil {
 		r.st.NeonVMRequestFailed(now)
 	} else {
@@ -291,6 +329,7 @@ func (r *runner) doMonitor(ctx context.Context, conn *monitorclient.Conn, gen in
 		r.poke()
 		return
 	}
+	r.outcome("monitor", now, err != nil)
 	switch {
 	case err != nil:
 		r.st.MonitorRequestFailed(now, kind)
