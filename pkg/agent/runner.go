@@ -56,7 +56,7 @@ type runner struct {
 	// failures flag the VM as stuck per peer.
 	failures map[string]*core.FailureRate
 	stuck    map[string]bool
-	wake        chan struct{}
+	wake     chan struct{}
 }
 
 // episode times one scaling from its decision through its phases.
