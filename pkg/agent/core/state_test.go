@@ -1,6 +1,7 @@
 package core
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -404,5 +405,37 @@ func TestLFCGoalRaisesDesired(t *testing.T) {
 	s.UpdateVM(vm)
 	if d := s.Desired(t0); d.Resources != res(250, gib) {
 		t.Fatalf("LFC off: desired %s", d.Resources)
+	}
+}
+
+// TestBoundsOverrideShrinksToNewMax: the bounds annotation lowering max
+// below what the VM uses brings it down to the new max, monitor first,
+// even under load.
+func TestBoundsOverrideShrinksToNewMax(t *testing.T) {
+	m := newMachine(t)
+	m.s.UpdateSystemMetrics(loaded(2))
+	m.settle(20, 100*time.Millisecond)
+	if got := m.s.VM().Using; got != res(2000, 8*gib) {
+		t.Fatalf("using %s before the override", got)
+	}
+	vm := m.s.VM()
+	vm.Max = res(500, 2*gib)
+	m.s.UpdateVM(vm)
+	m.log = nil
+	m.settle(30, 100*time.Millisecond)
+	if got := m.s.VM().Using; got != res(500, 2*gib) {
+		t.Fatalf("using %s after max dropped to 500m/2Gi (log %v)", got, m.log)
+	}
+	if !strings.HasPrefix(m.log[0], "monitor-down") {
+		t.Fatalf("shrink did not start with the monitor: %v", m.log)
+	}
+	// And the minimum: raising min lifts an idle VM.
+	m.s.UpdateSystemMetrics(idle())
+	vm = m.s.VM()
+	vm.Min, vm.Max = res(750, 3*gib), res(2000, 8*gib)
+	m.s.UpdateVM(vm)
+	m.settle(30, 100*time.Millisecond)
+	if got := m.s.VM().Using; got != res(750, 3*gib) {
+		t.Fatalf("using %s after min rose to 750m/3Gi", got)
 	}
 }
