@@ -89,13 +89,14 @@ func New(o Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build the agent's client: %w", err)
 	}
-	// Every runner talks to the one scheduler: keep enough connections to
-	// it that runners do not dial afresh for each request.
-	httpc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute, DisableCompression: true}}
+	// Every runner talks to the one scheduler: at most pluginConns requests
+	// at a time, over connections kept alive for them.
+	const pluginConns = 32
+	httpc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: pluginConns, IdleConnTimeout: time.Minute, DisableCompression: true}}
 	d := &deps{
 		cfg: o.Config, core: o.Config.Core(), defaults: o.Config.DefaultScaling(), log: o.Log, clk: clk,
-		plugin:  &pluginclient.Client{HTTP: httpc, Port: int(o.Config.Scheduler.RequestPort)},
-		finder:  &pluginclient.Finder{Reader: c, SchedulerName: o.Config.Scheduler.SchedulerName},
+		plugin:  &pluginclient.Client{HTTP: httpc, Port: int(o.Config.Scheduler.RequestPort), Slots: make(chan struct{}, pluginConns)},
+		finder:  &pluginclient.Finder{Reader: c, SchedulerName: o.Config.Scheduler.SchedulerName, CacheFor: time.Second},
 		patcher: &vmpatch.Patcher{Client: cl},
 		metrics: o.Metrics,
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/vmscale/vmscale/pkg/agent/core"
 	"github.com/vmscale/vmscale/pkg/agent/monitorclient"
 	"github.com/vmscale/vmscale/pkg/agent/vminfo"
+	"github.com/vmscale/vmscale/pkg/agent/wakegrid"
 	"github.com/vmscale/vmscale/pkg/api"
 )
 
@@ -282,6 +283,7 @@ func (c *Config) MonitorClient() monitorclient.Config {
 		HealthCheckEvery:    5 * time.Second,
 		ResponseTimeout:     secs(c.Monitor.ResponseTimeoutSeconds),
 		MaxHealthCheckFails: secs(c.Monitor.MaxHealthCheckSequentialFailuresSeconds),
+		Grid:                wakegrid.Periodic,
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/vmscale/vmscale/pkg/agent/scrape"
 	"github.com/vmscale/vmscale/pkg/agent/vminfo"
 	"github.com/vmscale/vmscale/pkg/agent/vmpatch"
+	"github.com/vmscale/vmscale/pkg/agent/wakegrid"
 	"github.com/vmscale/vmscale/pkg/api"
 )
 
@@ -160,6 +161,10 @@ func (r *runner) run(ctx context.Context) {
 		if acts.Wait != nil && acts.Wait.Duration < wait {
 			wait = acts.Wait.Duration
 		}
+		if wait >= time.Second {
+			// Retry waits and ticks are coarse: put them on the grid.
+			wait = wakegrid.On(now.Add(wait), wakegrid.Waits).Sub(now)
+		}
 		t.Reset(wait)
 		select {
 		case <-ctx.Done():
@@ -250,6 +255,9 @@ func (r *runner) doPlugin(ctx context.Context, req *api.AgentRequest) {
 		resp, err = r.d.plugin.Request(rctx, ip, req)
 		cancel()
 		permit = resp.Permit
+	}
+	if err != nil {
+		r.d.finder.Forget() // the scheduler may have moved
 	}
 	r.mu.Lock()
 	now := r.d.clk.Now()
@@ -419,8 +427,11 @@ func (r *runner) scrapeLoop(ctx context.Context, source string, tg *scrape.Targe
 	took := r.d.metrics.ScrapeDuration.WithLabelValues(source)
 	okCount := r.d.metrics.Scrapes.WithLabelValues(source, "ok")
 	errCount := r.d.metrics.Scrapes.WithLabelValues(source, "error")
-	first := time.Duration(rand.Int64N(int64(period) + 1))
-	t := r.d.clk.NewTimer(first)
+	// The first scrape after a random part of the period, so VMs spread
+	// over the grid's slots; then every period on the grid.
+	now := r.d.clk.Now()
+	next := wakegrid.On(now.Add(time.Duration(rand.Int64N(int64(period)+1))), wakegrid.Periodic)
+	t := r.d.clk.NewTimer(next.Sub(now))
 	defer t.Stop()
 	var buf bytes.Buffer
 	for {
@@ -429,7 +440,9 @@ func (r *runner) scrapeLoop(ctx context.Context, source string, tg *scrape.Targe
 			return
 		case <-t.C():
 		}
-		t.Reset(period)
+		now := r.d.clk.Now()
+		next = wakegrid.Next(next, now, period, wakegrid.Periodic)
+		t.Reset(next.Sub(now))
 		if source == "lfc" {
 			r.mu.Lock()
 			on := r.st.VM().Scaling.EnableLFCMetrics

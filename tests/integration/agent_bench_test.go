@@ -171,7 +171,7 @@ func TestAgentLoad500VMs(t *testing.T) {
 	// The floor: what the same scrapes cost with nothing else, each VM's
 	// page fetched every 5 s over its own kept-alive connection and parsed.
 	floor := scrapeFloor(t, n, metricsPort, 30*time.Second)
-	t.Logf("bare scrape (fetch + parse, no agent) per VM per cycle: %s", floor)
+	t.Logf("bare scrapes spread evenly over the period (fetch + parse, no agent): %s each", floor)
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"k8s.io/utils/clock"
+
+	"github.com/vmscale/vmscale/pkg/agent/wakegrid"
 )
 
 // Config times the connection (spec/protocols.md §4, "monitor").
@@ -15,6 +17,9 @@ type Config struct {
 	HealthCheckEvery    time.Duration // 5 s
 	ResponseTimeout     time.Duration // 5 s
 	MaxHealthCheckFails time.Duration // 30 s of failing health checks: reconnect
+	// Grid, if set, puts health checks on multiples of it (wall clock), so
+	// many VMs' checks share one wake-up of the runtime (package wakegrid).
+	Grid time.Duration
 }
 
 // DefaultConfig is the spec's timing.
@@ -73,7 +78,13 @@ func Run(ctx context.Context, url string, cfg Config, clk clock.WithTicker, log 
 // supervise health-checks conn until it ends, fails for too long, or ctx
 // ends; it returns why.
 func supervise(ctx context.Context, conn *Conn, cfg Config, clk clock.WithTicker, log *slog.Logger) error {
-	t := clk.NewTicker(cfg.HealthCheckEvery)
+	grid := cfg.Grid
+	if grid <= 0 {
+		grid = time.Nanosecond
+	}
+	now := clk.Now()
+	next := wakegrid.On(now.Add(cfg.HealthCheckEvery), grid)
+	t := clk.NewTimer(next.Sub(now))
 	defer t.Stop()
 	var failingSince time.Time
 	for {
@@ -84,6 +95,9 @@ func supervise(ctx context.Context, conn *Conn, cfg Config, clk clock.WithTicker
 			return conn.Err()
 		case <-t.C():
 		}
+		now := clk.Now()
+		next = wakegrid.Next(next, now, cfg.HealthCheckEvery, grid)
+		t.Reset(next.Sub(now))
 		hctx, cancel := context.WithTimeout(ctx, cfg.ResponseTimeout)
 		err := conn.HealthCheck(hctx)
 		cancel()
@@ -91,7 +105,7 @@ func supervise(ctx context.Context, conn *Conn, cfg Config, clk clock.WithTicker
 			failingSince = time.Time{}
 			continue
 		}
-		now := clk.Now()
+		now = clk.Now()
 		if failingSince.IsZero() {
 			failingSince = now
 		}

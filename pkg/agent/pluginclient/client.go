@@ -17,6 +17,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -34,11 +36,47 @@ var ErrNoScheduler = errors.New("no ready scheduler pod")
 type Finder struct {
 	Reader        client.Reader
 	SchedulerName string
+	// CacheFor keeps an answer this long (0: ask every time); every runner
+	// asks before each request, and listing from the cache is not free.
+	CacheFor time.Duration
+	Now      func() time.Time // time.Now if nil
+
+	mu     sync.Mutex
+	ip     string
+	expiry time.Time
+}
+
+// Forget drops the remembered answer (after a request to it failed).
+func (f *Finder) Forget() {
+	f.mu.Lock()
+	f.ip = ""
+	f.mu.Unlock()
 }
 
 // SchedulerIP is the pod IP of a Ready scheduler pod (the oldest, when a
 // rollout briefly runs two).
 func (f *Finder) SchedulerIP(ctx context.Context) (string, error) {
+	if f.CacheFor <= 0 {
+		return f.find(ctx)
+	}
+	now := time.Now
+	if f.Now != nil {
+		now = f.Now
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ip != "" && now().Before(f.expiry) {
+		return f.ip, nil
+	}
+	ip, err := f.find(ctx)
+	if err != nil {
+		return "", err
+	}
+	f.ip, f.expiry = ip, now().Add(f.CacheFor)
+	return ip, nil
+}
+
+func (f *Finder) find(ctx context.Context) (string, error) {
 	var pods corev1.PodList
 	if err := f.Reader.List(ctx, &pods, client.InNamespace(SchedulerNamespace), client.MatchingLabels{"name": f.SchedulerName}); err != nil {
 		return "", fmt.Errorf("list scheduler pods: %w", err)
@@ -72,6 +110,10 @@ func podReady(p *corev1.Pod) bool {
 type Client struct {
 	HTTP *http.Client
 	Port int
+	// Slots, if set, bounds the requests in flight (a buffered channel of
+	// that size): runners' ticks come in bursts, and queueing them reuses
+	// kept-alive connections where a free-for-all would dial new ones.
+	Slots chan struct{}
 }
 
 // StatusError is a reply other than 200: the plugin's text/plain message.
@@ -102,6 +144,14 @@ func (c *Client) Request(ctx context.Context, host string, req *api.AgentRequest
 	body, err := Encode(req)
 	if err != nil {
 		return out, err
+	}
+	if c.Slots != nil {
+		select {
+		case c.Slots <- struct{}{}:
+			defer func() { <-c.Slots }()
+		case <-ctx.Done():
+			return out, fmt.Errorf("plugin request: waiting for a free connection: %w", ctx.Err())
+		}
 	}
 	url := "http://" + net.JoinHostPort(host, strconv.Itoa(c.Port)) + "/"
 	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))

@@ -253,3 +253,61 @@ func TestFinderPicksReadyScheduler(t *testing.T) {
 		t.Fatal("found a scheduler that does not exist")
 	}
 }
+
+func TestFinderRemembersForAWhile(t *testing.T) {
+	scheme := runtime.NewScheme()
+	_ = corev1.AddToScheme(scheme)
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: SchedulerNamespace, Name: "s", Labels: map[string]string{"name": "autoscale-scheduler"}},
+		Status: corev1.PodStatus{PodIP: "10.0.0.9", Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}}
+	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(p).Build()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	f := &Finder{Reader: c, SchedulerName: "autoscale-scheduler", CacheFor: time.Second, Now: func() time.Time { return now }}
+	ctx := context.Background()
+	if ip, err := f.SchedulerIP(ctx); err != nil || ip != "10.0.0.9" {
+		t.Fatalf("%q %v", ip, err)
+	}
+	if err := c.Delete(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if ip, err := f.SchedulerIP(ctx); err != nil || ip != "10.0.0.9" {
+		t.Fatalf("within the second: %q %v", ip, err)
+	}
+	now = now.Add(time.Second)
+	if _, err := f.SchedulerIP(ctx); err == nil {
+		t.Fatal("a gone scheduler still found after the second")
+	}
+	f.Forget()
+}
+
+// TestSlotsBoundConcurrency: with one slot, requests never overlap.
+func TestSlotsBoundConcurrency(t *testing.T) {
+	var mu sync.Mutex
+	inflight, most := 0, 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		inflight++
+		most = max(most, inflight)
+		mu.Unlock()
+		time.Sleep(5 * time.Millisecond) // hold the request open; not synchronisation
+		mu.Lock()
+		inflight--
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"permit":{"vCPUs":"250m","mem":"1Gi"}}`))
+	}))
+	defer srv.Close()
+	host, port := serverPort(t, srv.URL)
+	c := &Client{HTTP: srv.Client(), Port: port, Slots: make(chan struct{}, 1)}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			if _, err := c.Request(context.Background(), host, testRequest("p", api.Resources{VCPU: 250, Mem: 1 << 30})); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if most != 1 {
+		t.Fatalf("%d requests in flight at once with one slot", most)
+	}
+}
