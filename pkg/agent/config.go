@@ -281,7 +281,6 @@ func (c *Config) MonitorClient() monitorclient.Config {
 		ConnectTimeout:      secs(c.Monitor.ConnectionTimeoutSeconds),
 		RetryMinWait:        secs(c.Monitor.ConnectionRetryMinWaitSeconds),
 		HealthCheckEvery:    5 * time.Second,
-		ResponseTimeout:     secs(c.Monitor.ResponseTimeoutSeconds),
 		MaxHealthCheckFails: secs(c.Monitor.MaxHealthCheckSequentialFailuresSeconds),
 		Grid:                wakegrid.Periodic,
 	}

@@ -33,7 +33,9 @@ type Conn struct {
 	writeMu sync.Mutex
 	mu      sync.Mutex
 	nextID  uint64
-	waiting map[uint64]chan api.Envelope
+	waiting map[uint64]chan api.Envelope // a nil channel: the probe
+	probeID uint64
+	probeOK bool
 	done    chan struct{}
 	err     error
 	closeMu sync.Once
@@ -152,6 +154,11 @@ func (c *Conn) handle(data []byte) {
 	c.mu.Lock()
 	ch, ok := c.waiting[env.ID]
 	delete(c.waiting, env.ID)
+	if ok && ch == nil {
+		_, c.probeOK = env.Message.(api.HealthCheck)
+		c.mu.Unlock()
+		return
+	}
 	c.mu.Unlock()
 	if !ok {
 		if _, isInvalid := env.Message.(api.InvalidMessage); isInvalid {
@@ -248,6 +255,34 @@ func (c *Conn) Downscale(ctx context.Context, target api.Resources) (api.Downsca
 		return api.DownscaleResult{}, fmt.Errorf("monitor answered DownscaleRequest with %s", reply.MessageType())
 	}
 	return r, nil
+}
+
+// SendProbe sends a health check without waiting for its answer;
+// ProbeAnswered tells, later, whether it came. A probe still unanswered
+// when the next is sent is forgotten (a late answer gets InvalidMessage,
+// as any reply to an id no one waits for). Waiting for no reply saves the
+// supervisor a wake-up per check.
+func (c *Conn) SendProbe() error {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return ErrClosed
+	}
+	if c.probeID != 0 {
+		delete(c.waiting, c.probeID)
+	}
+	c.nextID += 2
+	id := c.nextID
+	c.waiting[id], c.probeID, c.probeOK = nil, id, false
+	c.mu.Unlock()
+	return c.send(id, api.HealthCheck{})
+}
+
+// ProbeAnswered reports whether the last probe got its HealthCheck back.
+func (c *Conn) ProbeAnswered() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.probeOK
 }
 
 // HealthCheck checks that the monitor answers.

@@ -274,7 +274,7 @@ func TestAgainstRealMonitor(t *testing.T) {
 	defer cancel()
 	ev := &events{}
 	cfg := Config{ConnectTimeout: 4 * time.Second, RetryMinWait: 50 * time.Millisecond, HealthCheckEvery: 20 * time.Millisecond,
-		ResponseTimeout: time.Second, MaxHealthCheckFails: time.Second}
+		MaxHealthCheckFails: time.Second}
 	done := make(chan struct{})
 	go func() { defer close(done); Run(ctx, wsURL(srv), cfg, clock.RealClock{}, quiet(), ev) }()
 
@@ -360,7 +360,7 @@ func TestSilentMonitorIsReplaced(t *testing.T) {
 	defer cancel()
 	ev := &events{}
 	cfg := Config{ConnectTimeout: time.Second, RetryMinWait: 10 * time.Millisecond, HealthCheckEvery: 10 * time.Millisecond,
-		ResponseTimeout: 20 * time.Millisecond, MaxHealthCheckFails: 100 * time.Millisecond}
+		MaxHealthCheckFails: 100 * time.Millisecond}
 	go Run(ctx, wsURL(srv), cfg, clock.RealClock{}, quiet(), ev)
 	poll.Until(t, 10*time.Second, 10*time.Millisecond, "silent monitor replaced", func() error {
 		ev.mu.Lock()
