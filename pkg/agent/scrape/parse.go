@@ -39,12 +39,23 @@ type sample struct {
 
 // family collects what the text says about one metric.
 type family struct {
+	name    string
 	typ     string
 	samples []sample
 }
 
+// find is the family named name, nil if not wanted.
+func find(want []family, name []byte) *family {
+	for i := range want {
+		if string(name) == want[i].name {
+			return &want[i]
+		}
+	}
+	return nil
+}
+
 // parse reads Prometheus text, keeping only the metrics in want.
-func parse(text []byte, want map[string]*family, labelKey string) error {
+func parse(text []byte, want []family, labelKey string) error {
 	for lineNo := 1; len(text) > 0; lineNo++ {
 		var line []byte
 		if i := bytes.IndexByte(text, '\n'); i >= 0 {
@@ -57,14 +68,21 @@ func parse(text []byte, want map[string]*family, labelKey string) error {
 			continue
 		}
 		if line[0] == '#' {
-			f := bytes.Fields(line[1:])
-			if len(f) >= 3 && string(f[0]) == "TYPE" {
-				if fam, ok := want[string(f[1])]; ok {
-					if fam.typ != "" {
-						return fmt.Errorf("line %d: second TYPE for %s", lineNo, f[1])
-					}
-					fam.typ = string(f[2])
+			// "# TYPE <name> <type>"; other comments are skipped.
+			rest, ok := bytes.CutPrefix(line, []byte("# TYPE "))
+			if !ok {
+				continue
+			}
+			rest = bytes.TrimSpace(rest)
+			sp := bytes.IndexAny(rest, " \t")
+			if sp < 0 {
+				continue
+			}
+			if fam := find(want, rest[:sp]); fam != nil {
+				if fam.typ != "" {
+					return fmt.Errorf("line %d: second TYPE for %s", lineNo, rest[:sp])
 				}
+				fam.typ = string(bytes.TrimSpace(rest[sp:]))
 			}
 			continue
 		}
@@ -72,8 +90,8 @@ func parse(text []byte, want map[string]*family, labelKey string) error {
 		if nameEnd <= 0 {
 			return fmt.Errorf("line %d: not a sample: %q", lineNo, truncate(line))
 		}
-		fam, ok := want[string(line[:nameEnd])]
-		if !ok {
+		fam := find(want, line[:nameEnd])
+		if fam == nil {
 			continue
 		}
 		rest := line[nameEnd:]
@@ -103,12 +121,13 @@ func parse(text []byte, want map[string]*family, labelKey string) error {
 		s.value = v
 		fam.samples = append(fam.samples, s)
 	}
-	for name, fam := range want {
+	for i := range want {
+		fam := &want[i]
 		if len(fam.samples) == 0 {
-			return fmt.Errorf("metric %s missing", name)
+			return fmt.Errorf("metric %s missing", fam.name)
 		}
 		if fam.typ != "gauge" {
-			return fmt.Errorf("metric %s is %q, want a gauge", name, fam.typ)
+			return fmt.Errorf("metric %s is %q, want a gauge", fam.name, fam.typ)
 		}
 	}
 	return nil
@@ -154,11 +173,11 @@ func labelValue(labels []byte, key string) (string, error) {
 // ParseSystem reads the guest exporter's page.
 func ParseSystem(text []byte) (core.SystemMetrics, error) {
 	var fams [5]family
-	want := make(map[string]*family, len(systemNames))
+	var one [5][1]sample // room for the one series each should have
 	for i, n := range systemNames {
-		want[n] = &fams[i]
+		fams[i] = family{name: n, samples: one[i][:0]}
 	}
-	if err := parse(text, want, ""); err != nil {
+	if err := parse(text, fams[:], ""); err != nil {
 		return core.SystemMetrics{}, fmt.Errorf("system metrics: %w", err)
 	}
 	for i, n := range systemNames {
@@ -178,14 +197,15 @@ func ParseSystem(text []byte) (core.SystemMetrics, error) {
 
 // ParseLFC reads the working-set windows from the file-cache exporter.
 func ParseLFC(text []byte) (core.LFCMetrics, error) {
-	var fam family
-	if err := parse(text, map[string]*family{MetricLFCWindows: &fam}, lfcWindowLabel); err != nil {
+	fams := []family{{name: MetricLFCWindows}}
+	if err := parse(text, fams, lfcWindowLabel); err != nil {
 		return core.LFCMetrics{}, fmt.Errorf("LFC metrics: %w", err)
 	}
 	type window struct {
 		secs  int
 		pages float64
 	}
+	fam := &fams[0]
 	ws := make([]window, 0, len(fam.samples))
 	for _, s := range fam.samples {
 		secs, err := strconv.Atoi(s.label)
