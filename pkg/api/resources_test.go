@@ -4,25 +4,11 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 )
 
 const vectorsDir = "../../testdata/compat/vectors"
-
-// sameJSON compares two JSON texts as values (key order and spacing aside).
-func sameJSON(t *testing.T, got, want []byte) bool {
-	t.Helper()
-	var g, w any
-	if err := json.Unmarshal(got, &g); err != nil {
-		t.Fatalf("unmarshal %s: %v", got, err)
-	}
-	if err := json.Unmarshal(want, &w); err != nil {
-		t.Fatalf("unmarshal %s: %v", want, err)
-	}
-	return reflect.DeepEqual(g, w)
-}
 
 func readVector(t *testing.T, rel string) []byte {
 	t.Helper()
@@ -121,7 +107,7 @@ func TestResourcesRejected(t *testing.T) {
 				continue
 			}
 			out, _ := json.Marshal(r)
-			if !sameJSON(t, out, []byte(c.AcceptedAs)) {
+			if !jsonEqual(t, out, []byte(c.AcceptedAs)) {
 				t.Errorf("%s → %s, want %s", c.Input, out, c.AcceptedAs)
 			}
 			continue
