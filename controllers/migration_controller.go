@@ -17,7 +17,6 @@ import (
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -60,26 +59,10 @@ type MigrationReconciler struct {
 // SetupWithManager registers the reconciler: migrations, and the target
 // pods they control.
 func (r *MigrationReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	if r.MaxConcurrentReconciles < 1 {
-		r.MaxConcurrentReconciles = 1
-	}
-	b := ctrl.NewControllerManagedBy(mgr).
-		For(&vmv1.VirtualMachineMigration{}).
-		Owns(&corev1.Pod{}).
-		WithOptions(controller.Options{MaxConcurrentReconciles: r.MaxConcurrentReconciles}).
-		Named("virtualmachinemigration")
-	if r.EventFilter != nil {
-		b = b.WithEventFilter(r.EventFilter)
-	}
-	return b.Complete(r)
+	return setupReconciler(mgr, "virtualmachinemigration", &vmv1.VirtualMachineMigration{}, r, r.MaxConcurrentReconciles, r.EventFilter)
 }
 
-func (r *MigrationReconciler) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
-	}
-	return time.Now()
-}
+func (r *MigrationReconciler) now() time.Time { return clock(r.Now) }
 
 func (r *MigrationReconciler) event(obj client.Object, typ, reason, note string, args ...any) {
 	if r.Recorder != nil {

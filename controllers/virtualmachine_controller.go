@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/podspec"
@@ -85,25 +86,38 @@ func (r *VMReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Guest == nil {
 		r.Guest = newPodGuest(r.Metrics)
 	}
-	if r.MaxConcurrentReconciles < 1 {
-		r.MaxConcurrentReconciles = 1
-	}
+	return setupReconciler(mgr, "virtualmachine", &vmv1.VirtualMachine{}, r, r.MaxConcurrentReconciles, r.EventFilter)
+}
+
+// setupReconciler registers r for kind and the pods kind's objects
+// control, at most limit at once, limited by filter when set.
+func setupReconciler(mgr ctrl.Manager, name string, kind client.Object, r reconcile.Reconciler, limit int, filter predicate.Predicate) error {
 	b := ctrl.NewControllerManagedBy(mgr).
-		For(&vmv1.VirtualMachine{}).
+		For(kind).
 		Owns(&corev1.Pod{}).
-		WithOptions(controller.Options{MaxConcurrentReconciles: r.MaxConcurrentReconciles}).
-		Named("virtualmachine")
-	if r.EventFilter != nil {
-		b = b.WithEventFilter(r.EventFilter)
+		WithOptions(controller.Options{MaxConcurrentReconciles: atLeastOne(limit)}).
+		Named(name)
+	if filter != nil {
+		b = b.WithEventFilter(filter)
 	}
 	return b.Complete(r)
 }
 
-func (r *VMReconciler) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
+func (r *VMReconciler) now() time.Time { return clock(r.Now) }
+
+// clock is now, or time.Now when now is nil.
+func clock(now func() time.Time) time.Time {
+	if now != nil {
+		return now()
 	}
 	return time.Now()
+}
+
+func atLeastOne(n int) int {
+	if n < 1 {
+		return 1
+	}
+	return n
 }
 
 // Reconcile is one pass over a VM, timed.

@@ -101,17 +101,32 @@ type vmStatus struct {
 	} `json:"currentRevision"`
 }
 
-func getVMStatus(ns, name string) (vmStatus, error) {
-	var st vmStatus
-	out, err := TryKubectl(kubeconfig, "-n", ns, "get", "neonvm", name, "-o", "jsonpath={.status}")
-	if err != nil {
+// getStatus reads the .status of kind ns/name as T (the zero T when it has
+// none yet).
+func getStatus[T any](kind, ns, name string) (T, error) {
+	var st T
+	out, err := TryKubectl(kubeconfig, "-n", ns, "get", kind, name, "-o", "jsonpath={.status}")
+	if err != nil || strings.TrimSpace(out) == "" {
 		return st, err
-	}
-	if strings.TrimSpace(out) == "" {
-		return st, nil
 	}
 	return st, json.Unmarshal([]byte(out), &st)
 }
+
+// waitStatus polls the status of kind ns/name until cond accepts it.
+func waitStatus[T any](t testing.TB, kind, ns, name string, timeout time.Duration, what string, cond func(T) error) T {
+	t.Helper()
+	var st T
+	poll(t, timeout, what, func() error {
+		var err error
+		if st, err = getStatus[T](kind, ns, name); err != nil {
+			return err
+		}
+		return cond(st)
+	})
+	return st
+}
+
+func getVMStatus(ns, name string) (vmStatus, error) { return getStatus[vmStatus]("neonvm", ns, name) }
 
 func cpuString(v any) string {
 	switch c := v.(type) {
@@ -126,15 +141,7 @@ func cpuString(v any) string {
 // waitVM polls the VM's status until cond accepts it.
 func waitVM(t testing.TB, ns, name string, timeout time.Duration, what string, cond func(vmStatus) error) vmStatus {
 	t.Helper()
-	var st vmStatus
-	poll(t, timeout, what, func() error {
-		var err error
-		if st, err = getVMStatus(ns, name); err != nil {
-			return err
-		}
-		return cond(st)
-	})
-	return st
+	return waitStatus(t, "neonvm", ns, name, timeout, what, cond)
 }
 
 // guestQuery runs SQL in the VM's Postgres from the host (routes reach pod

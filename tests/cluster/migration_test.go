@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -29,26 +28,9 @@ type vmmStatus struct {
 	} `json:"conditions"`
 }
 
-func getVMMStatus(ns, name string) (vmmStatus, error) {
-	var st vmmStatus
-	out, err := TryKubectl(kubeconfig, "-n", ns, "get", "neonvmm", name, "-o", "jsonpath={.status}")
-	if err != nil || strings.TrimSpace(out) == "" {
-		return st, err
-	}
-	return st, json.Unmarshal([]byte(out), &st)
-}
-
 func waitVMM(t testing.TB, ns, name string, timeout time.Duration, what string, cond func(vmmStatus) error) vmmStatus {
 	t.Helper()
-	var st vmmStatus
-	poll(t, timeout, what, func() error {
-		var err error
-		if st, err = getVMMStatus(ns, name); err != nil {
-			return err
-		}
-		return cond(st)
-	})
-	return st
+	return waitStatus(t, "neonvmm", ns, name, timeout, what, cond)
 }
 
 // guestIdentity is what must not change when a VM moves without a

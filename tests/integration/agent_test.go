@@ -21,15 +21,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -127,27 +123,12 @@ func (m *recordingMonitor) count(prefix string) int {
 	return n
 }
 
-// agentRestConfig applies the agent's shipped RBAC (config/agent/rbac.yaml)
-// and returns a rest config with its ServiceAccount's token, so the agent
-// runs with exactly the permissions it is deployed with.
+// agentRestConfig is a rest config with the agent's ServiceAccount token
+// and shipped RBAC (config/agent/rbac.yaml).
 func agentRestConfig(t *testing.T) *rest.Config {
 	t.Helper()
-	ctx := context.Background()
-	for _, obj := range readManifests(t, filepath.Join(repoRoot, "config", "agent", "rbac.yaml")) {
-		if err := k8sClient.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatalf("apply %s %s: %v", obj.GetKind(), obj.GetName(), err)
-		}
-	}
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := cs.CoreV1().ServiceAccounts("kube-system").CreateToken(ctx, "autoscaler-agent",
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To(int64(3600))}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("token for the autoscaler-agent ServiceAccount: %v", err)
-	}
-	return &rest.Config{Host: cfg.Host, TLSClientConfig: rest.TLSClientConfig{CAData: cfg.CAData}, BearerToken: tok.Status.Token}
+	token := serviceAccountToken(t, "agent", "autoscaler-agent")
+	return &rest.Config{Host: cfg.Host, TLSClientConfig: rest.TLSClientConfig{CAData: cfg.CAData}, BearerToken: token}
 }
 
 // agentConfig is the shipped config.json with this test's ports and a

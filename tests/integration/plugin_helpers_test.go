@@ -113,13 +113,13 @@ func schedulerConfig(t *testing.T, permitPort, metricsPort int) string {
 	return path
 }
 
-// schedulerKubeconfig applies the shipped RBAC (config/scheduler/rbac.yaml)
-// and returns a kubeconfig with a token of its ServiceAccount, so the
-// scheduler runs with exactly the permissions it is deployed with.
-func schedulerKubeconfig(t *testing.T) string {
+// serviceAccountToken applies a component's shipped RBAC (config/<dir>/rbac.yaml)
+// and returns a token of its ServiceAccount in kube-system, so the component
+// runs with exactly the permissions it is deployed with.
+func serviceAccountToken(t *testing.T, dir, account string) string {
 	t.Helper()
 	ctx := context.Background()
-	for _, obj := range readManifests(t, filepath.Join(repoRoot, "config", "scheduler", "rbac.yaml")) {
+	for _, obj := range readManifests(t, filepath.Join(repoRoot, "config", dir, "rbac.yaml")) {
 		if err := k8sClient.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
 			t.Fatalf("apply %s %s: %v", obj.GetKind(), obj.GetName(), err)
 		}
@@ -128,14 +128,22 @@ func schedulerKubeconfig(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, err := cs.CoreV1().ServiceAccounts("kube-system").CreateToken(ctx, "autoscale-scheduler",
+	tok, err := cs.CoreV1().ServiceAccounts("kube-system").CreateToken(ctx, account,
 		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To(int64(3600))}}, metav1.CreateOptions{})
 	if err != nil {
-		t.Fatalf("token for the autoscale-scheduler ServiceAccount: %v", err)
+		t.Fatalf("token for the %s ServiceAccount: %v", account, err)
 	}
+	return tok.Status.Token
+}
+
+// schedulerKubeconfig is a kubeconfig with the scheduler's ServiceAccount
+// token and shipped RBAC.
+func schedulerKubeconfig(t *testing.T) string {
+	t.Helper()
+	token := serviceAccountToken(t, "scheduler", "autoscale-scheduler")
 	kc := clientcmdapi.NewConfig()
 	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
-	kc.AuthInfos["autoscale-scheduler"] = &clientcmdapi.AuthInfo{Token: tok.Status.Token}
+	kc.AuthInfos["autoscale-scheduler"] = &clientcmdapi.AuthInfo{Token: token}
 	kc.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "autoscale-scheduler"}
 	kc.CurrentContext = "test"
 	path := filepath.Join(t.TempDir(), "scheduler.kubeconfig")
