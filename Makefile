@@ -88,17 +88,27 @@ k8s-binaries: ## Install etcd and build kube-apiserver and kubectl into the cach
 
 ##@ Deployment
 
+LOCAL_KUBECONFIG := $(VMSCALE_CACHE)/local-cluster/kubeconfig
+
 .PHONY: install
 install: ## Install the CRDs into the cluster of the current kubeconfig.
 	$(KUSTOMIZE) build config/crd | kubectl apply --server-side -f -
 
 .PHONY: deploy
-deploy: ## Deploy the controller (with cert-manager for webhook certificates).
-	$(KUSTOMIZE) build config/default | kubectl apply --server-side -f -
+deploy: ## Deploy vmscale to $$KUBECONFIG (deploy/vmscale.yaml with the images of `make images`, or IMAGE_TAG=...); waits until it answers.
+	hack/deploy.sh up
 
 .PHONY: undeploy
-undeploy:
-	$(KUSTOMIZE) build config/default | kubectl delete --ignore-not-found -f -
+undeploy: ## Remove what `make deploy` applied, except the CRDs (and so every VM).
+	hack/deploy.sh down
+
+.PHONY: deploy-local
+deploy-local: local-cluster ## Bring the local cluster up and deploy vmscale to it (config/local-cluster).
+	KUBECONFIG=$(LOCAL_KUBECONFIG) DEPLOY_CONFIG=config/local-cluster hack/deploy.sh up
+
+.PHONY: undeploy-local
+undeploy-local:
+	KUBECONFIG=$(LOCAL_KUBECONFIG) DEPLOY_CONFIG=config/local-cluster hack/deploy.sh down
 
 .PHONY: help
 help:

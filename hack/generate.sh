@@ -2,7 +2,9 @@
 # Regenerates every generated file: deepcopy code (api/v1), CRDs
 # (config/crd/bases), webhook configurations (config/webhook/manifests.yaml),
 # RBAC (config/rbac/role.yaml) and the rendered all-in-one manifests
-# (deploy/neonvm.yaml).
+# (deploy/neonvm.yaml: the controller alone, with cert-manager;
+# deploy/vmscale.yaml: everything; deploy/vmscale-cert-manager.yaml: everything,
+# with cert-manager).
 #
 #   hack/generate.sh            write into the repository
 #   hack/generate.sh OUT        write into OUT, mirroring the repository's
@@ -27,5 +29,10 @@ fi
 	output:webhook:dir="$out/config/webhook" \
 	output:rbac:dir="$out/config/rbac"
 mkdir -p "$out/deploy"
-"${tools[@]}" kustomize build "$out/config/default" > "$out/deploy/neonvm.yaml.tmp"
-mv "$out/deploy/neonvm.yaml.tmp" "$out/deploy/neonvm.yaml"
+render() { # render CONFIG FILE
+	"${tools[@]}" kustomize build "$out/config/$1" > "$out/deploy/$2.tmp"
+	mv "$out/deploy/$2.tmp" "$out/deploy/$2"
+}
+render default neonvm.yaml
+render deploy vmscale.yaml
+render deploy-cert-manager vmscale-cert-manager.yaml

@@ -6,29 +6,18 @@ import (
 	"testing"
 	"time"
 
-	"sigs.k8s.io/yaml"
-
 	"github.com/vmscale/vmscale/pkg/agent/core"
 	"github.com/vmscale/vmscale/pkg/api"
 )
 
-// shippedConfig is config.json from config/agent/config_map.yaml.
+// shippedConfig is config/agent/config.json, the DaemonSet's configuration.
 func shippedConfig(t *testing.T) string {
 	t.Helper()
-	raw, err := os.ReadFile("../../config/agent/config_map.yaml")
+	raw, err := os.ReadFile("../../config/agent/config.json")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cm struct {
-		Data map[string]string `json:"data"`
-	}
-	if err := yaml.Unmarshal(raw, &cm); err != nil {
-		t.Fatal(err)
-	}
-	if cm.Data["config.json"] == "" {
-		t.Fatal("no config.json in the ConfigMap")
-	}
-	return cm.Data["config.json"]
+	return string(raw)
 }
 
 func TestShippedConfigIsTheSpecDefaults(t *testing.T) {

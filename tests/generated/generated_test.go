@@ -1,6 +1,6 @@
 // Package generated checks that every generated file in the repository is
 // what the generators produce from the current source: CRDs, webhook and
-// RBAC manifests, deepcopy code and deploy/neonvm.yaml are never edited by
+// RBAC manifests, deepcopy code and the rendered deploy/*.yaml are never edited by
 // hand and never stale.
 package generated
 
@@ -23,6 +23,8 @@ var (
 		"config/webhook/manifests.yaml",
 		"config/rbac/role.yaml",
 		"deploy/neonvm.yaml",
+		"deploy/vmscale.yaml",
+		"deploy/vmscale-cert-manager.yaml",
 	}
 	generatedDirs = []string{"config/crd/bases"}
 )

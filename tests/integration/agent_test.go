@@ -27,7 +27,6 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/podspec"
@@ -135,15 +134,11 @@ func agentRestConfig(t *testing.T) *rest.Config {
 // 1-second scrape.
 func agentConfig(t *testing.T, metricsPort, monitorPort, permitPort int) *agent.Config {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(repoRoot, "config", "agent", "config_map.yaml"))
+	raw, err := os.ReadFile(filepath.Join(repoRoot, "config", "agent", "config.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cm struct{ Data map[string]string }
-	if err := yaml.Unmarshal(raw, &cm); err != nil {
-		t.Fatal(err)
-	}
-	c, err := agent.ParseConfig([]byte(cm.Data["config.json"]))
+	c, err := agent.ParseConfig(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
