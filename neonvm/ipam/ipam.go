@@ -100,7 +100,9 @@ func (r Range) Offset(a netip.Addr) (uint64, bool) {
 	return uint64(be32(b) - be32(base)), true
 }
 
-func be32(b [4]byte) uint32 { return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) }
+func be32(b [4]byte) uint32 {
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
 
 // handsOut says whether offset is an address of the range that may be
 // handed out.

@@ -109,7 +109,7 @@ func TestAcquire(t *testing.T) {
 			id: "b", want: "10.0.0.5", isNew: true, after: allocs("0", "b")},
 		{name: "keys that are no usable offset neither block nor are touched", rng: "10.0.0.0/24",
 			before: allocs("x", "other", "0", "net", "255", "bcast", "900", "past"),
-			id: "b", want: "10.0.0.1", isNew: true, after: allocs("x", "other", "0", "net", "255", "bcast", "900", "past", "1", "b")},
+			id:     "b", want: "10.0.0.1", isNew: true, after: allocs("x", "other", "0", "net", "255", "bcast", "900", "past", "1", "b")},
 		{name: "the id's unusable allocations are dropped", rng: "10.0.0.0/24", before: allocs("0", "b", "900", "b", "2", "a"),
 			id: "b", want: "10.0.0.1", isNew: true, after: allocs("1", "b", "2", "a")},
 		{name: "an id holding two (a hand edit) keeps the lowest", rng: "10.0.0.0/24", before: allocs("9", "b", "4", "b"),
