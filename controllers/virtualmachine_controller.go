@@ -155,7 +155,8 @@ func (r *VMReconciler) reconcile(ctx context.Context, req ctrl.Request) (ctrl.Re
 			return ctrl.Result{}, err
 		}
 		controllerutil.RemoveFinalizer(&vm, vmv1.VirtualMachineFinalizer)
-		return ctrl.Result{}, r.Update(ctx, &vm)
+		// Gone already: another replica, or a stale cache, removed it last.
+		return ctrl.Result{}, client.IgnoreNotFound(r.Update(ctx, &vm))
 	}
 	if controllerutil.AddFinalizer(&vm, vmv1.VirtualMachineFinalizer) {
 		if err := r.Update(ctx, &vm); err != nil {
