@@ -70,6 +70,9 @@ type VMReconciler struct {
 	MaxConcurrentReconciles int
 	// Guest reaches running VMs (QMP and the runner API); nil: the pod IP.
 	Guest guestIO
+	// IPAM hands out spec.extraNetwork addresses; nil: VMs run without
+	// their extra network (ExtraNetworkReady=False says so).
+	IPAM *IPAM
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 	// EventFilter, when set, limits the VMs reconciled (tests share an
@@ -145,10 +148,15 @@ func (r *VMReconciler) reconcile(ctx context.Context, req ctrl.Request) (ctrl.Re
 		// The runner pod and the SSH secret are owned by the VM: the
 		// garbage collector removes them.
 		r.scalingSince.Delete(vm.UID)
-		if controllerutil.RemoveFinalizer(&vm, vmv1.VirtualMachineFinalizer) {
-			return ctrl.Result{}, r.Update(ctx, &vm)
+		if !controllerutil.ContainsFinalizer(&vm, vmv1.VirtualMachineFinalizer) {
+			return ctrl.Result{}, nil
 		}
-		return ctrl.Result{}, nil
+		if err := r.releaseExtraNet(ctx, &vm); err != nil {
+			return ctrl.Result{}, err
+		}
+		controllerutil.RemoveFinalizer(&vm, vmv1.VirtualMachineFinalizer)
+		// Gone already: another replica, or a stale cache, removed it last.
+		return ctrl.Result{}, client.IgnoreNotFound(r.Update(ctx, &vm))
 	}
 	if controllerutil.AddFinalizer(&vm, vmv1.VirtualMachineFinalizer) {
 		if err := r.Update(ctx, &vm); err != nil {
@@ -206,19 +214,18 @@ func (r *VMReconciler) step(ctx context.Context, vm *vmv1.VirtualMachine) (time.
 	} else {
 		st.SSHSecretName = ""
 	}
-	if en := vm.Spec.ExtraNetwork; en != nil && en.Enable {
-		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: ConditionExtraNetwork, Status: metav1.ConditionFalse,
-			Reason: "NotSupported", Message: "spec.extraNetwork is accepted but not attached yet: this vmscale version has no extra network", ObservedGeneration: vm.Generation})
-	} else {
-		meta.RemoveStatusCondition(&st.Conditions, ConditionExtraNetwork)
-	}
 	switch st.Phase {
 	case "":
+		// The extra-network address comes first (spec/neonvm.md §4.1).
+		if ok, err := r.extraNetBeforePod(ctx, vm); !ok || err != nil {
+			return requeueIdle, err
+		}
 		st.Phase = vmv1.VmPending
 		return time.Millisecond, nil
 	case vmv1.VmPending:
 		return r.pending(ctx, vm)
 	case vmv1.VmRunning, vmv1.VmScaling:
+		r.extraNetWhileRunning(vm)
 		return r.running(ctx, vm)
 	case vmv1.VmSucceeded, vmv1.VmFailed:
 		return r.stopped(ctx, vm)
@@ -246,6 +253,9 @@ func (r *VMReconciler) pending(ctx context.Context, vm *vmv1.VirtualMachine) (ti
 		return 0, err
 	}
 	if pod == nil {
+		if ok, err := r.extraNetBeforePod(ctx, vm); !ok || err != nil {
+			return requeueIdle, err
+		}
 		want, err := podspec.RunnerPod(vm, st.PodName, r.Settings, false)
 		if err != nil {
 			setCondition(vm, ConditionDegraded, metav1.ConditionTrue, "runner pod: "+err.Error())

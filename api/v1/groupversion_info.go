@@ -1,6 +1,6 @@
 // Package v1 holds the NeonVM API (group vm.neon.tech, version v1) as vmscale
-// serves it: the VirtualMachine and VirtualMachineMigration kinds, the MilliCPU
-// encoding, and the admission webhooks that default and validate them.
+// serves it: the VirtualMachine, VirtualMachineMigration and IPPool kinds, the
+// MilliCPU encoding, and the admission webhooks that default and validate them.
 //
 // The JSON shape follows NeonVM exactly so existing manifests apply unchanged;
 // see ../../../shared/spec/neonvm.md and DECISIONS.md for where vmscale differs.

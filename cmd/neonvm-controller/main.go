@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -41,6 +42,7 @@ type runConfig struct {
 	diskCopyCommand                string
 	disableRunnerCgroup, atMostOne bool
 	downtimeLimit                  time.Duration
+	ipamRange, ipamPool            string
 }
 
 func main() {
@@ -69,6 +71,9 @@ func main() {
 	flag.BoolVar(&cfg.settings.UseVirtioConsole, "use-virtio-console", false, "guest console on hvc0")
 	flag.DurationVar(&cfg.settings.DiskSyncInterval, "disk-sync-interval", 0, "how often runners re-sync watched disks (0: the runner's 30s)")
 	flag.DurationVar(&cfg.downtimeLimit, "migration-downtime-limit", controllers.DefaultDowntimeLimit, "QEMU downtime-limit of live migrations: the longest pause QEMU plans for the final copy")
+	flag.StringVar(&cfg.ipamRange, "ipam-range", "10.100.0.0/16", "IPv4 range (CIDR) of spec.extraNetwork addresses, for the IPPool when it is created (empty: no addresses; VMs run without their extra network)")
+	flag.StringVar(&cfg.ipamPool, "ipam-pool-name", "neonvm-system/neonvm-overlay-net", "namespace/name of the IPPool that records spec.extraNetwork addresses (created on demand)")
+	flag.StringVar(&cfg.settings.ExtraNetworkNAD, "extra-network-nad", podspec.DefaultExtraNetworkNAD, "Multus NetworkAttachmentDefinition (namespace/name) of spec.extraNetwork when a VM names none")
 	flag.BoolVar(&cfg.disableRunnerCgroup, "disable-runner-cgroup", true, "accepted for NeonVM compatibility: vmscale's runner never manages a QEMU cgroup")
 	flag.BoolVar(&cfg.atMostOne, "at-most-one-pod", false, "accepted for NeonVM compatibility: a stopped VM's pod is deleted before it restarts")
 	zapOpts := zap.Options{}
@@ -147,12 +152,24 @@ func run(ctx context.Context, cfg runConfig) error {
 		return fmt.Errorf("--runner-image (or $VM_RUNNER_IMAGE) is required: the image runner pods run")
 	}
 	m := controllers.NewMetrics(metrics.Registry, mgr.GetCache())
+	var ipam *controllers.IPAM
+	if cfg.ipamRange != "" {
+		ns, name, ok := strings.Cut(cfg.ipamPool, "/")
+		if !ok {
+			return fmt.Errorf("--ipam-pool-name: %q is not namespace/name", cfg.ipamPool)
+		}
+		ipam, err = controllers.NewIPAM(mgr.GetClient(), mgr.GetAPIReader(), types.NamespacedName{Namespace: ns, Name: name}, cfg.ipamRange, metrics.Registry)
+		if err != nil {
+			return fmt.Errorf("--ipam-range/--ipam-pool-name: %w", err)
+		}
+	}
 	if err := (&controllers.VMReconciler{
 		Client:                  mgr.GetClient(),
 		APIReader:               mgr.GetAPIReader(),
 		Recorder:                recorder,
 		Settings:                cfg.settings,
 		Metrics:                 m,
+		IPAM:                    ipam,
 		MaxConcurrentReconciles: cfg.concurrency,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the VirtualMachine reconciler: %w", err)
@@ -189,7 +206,8 @@ func run(ctx context.Context, cfg runConfig) error {
 	}
 
 	ctrl.Log.Info("starting neonvm-controller", "webhooks", cfg.enableWebhooks, "webhookPort", cfg.webhookPort,
-		"defaultCPUScalingMode", mode, "runnerImage", cfg.settings.RunnerImage, "concurrency", cfg.concurrency)
+		"defaultCPUScalingMode", mode, "runnerImage", cfg.settings.RunnerImage, "concurrency", cfg.concurrency,
+		"ipamRange", cfg.ipamRange, "ipamPool", cfg.ipamPool)
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("run manager: %w", err)
 	}

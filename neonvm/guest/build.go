@@ -92,7 +92,7 @@ func InstallNeonVMFiles(rootfs string, bins GuestBinaries) error {
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		return err
 	}
-	for _, name := range []string{"vminit", "vmshutdown", "postgres-start", "udhcpc-script"} {
+	for _, name := range []string{"vminit", "vmshutdown", "postgres-start", "udhcpc-script", "cmdline-ip"} {
 		data, err := files.ReadFile("files/" + name)
 		if err != nil {
 			return err

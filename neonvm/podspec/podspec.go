@@ -47,7 +47,19 @@ type Settings struct {
 	DiskCacheSettings          string
 	UseVirtioConsole           bool
 	DefaultCPUScalingMode      vmv1.CPUScalingMode
+	// ExtraNetworkNAD is the Multus NetworkAttachmentDefinition
+	// (namespace/name) of spec.extraNetwork when the VM names none
+	// (spec.extraNetwork.multusNetwork).
+	ExtraNetworkNAD string
 }
+
+// DefaultExtraNetworkNAD is the extra network's NetworkAttachmentDefinition
+// when neither the VM nor the controller names one.
+const DefaultExtraNetworkNAD = "neonvm-system/neonvm-overlay-net"
+
+// MultusNetworksAnnot asks Multus for the pod's extra interfaces
+// (<nad>@<interface>, comma-separated).
+const MultusNetworksAnnot = "k8s.v1.cni.cncf.io/networks"
 
 // DefaultDiskCopyCommand is cmd/neonvm-disk-init in vmscale's root-disk
 // images.
@@ -147,6 +159,12 @@ func RunnerPod(vm *vmv1.VirtualMachine, podName string, s Settings, receiveMigra
 	args, err := runnerArgs(vm, s)
 	if err != nil {
 		return nil, err
+	}
+	if n := extraNetworkAttachment(vm, s); n != "" {
+		if have := annotations[MultusNetworksAnnot]; have != "" {
+			n = have + ", " + n
+		}
+		annotations[MultusNetworksAnnot] = n
 	}
 	spec := vm.Spec
 	pod := &corev1.Pod{
@@ -258,6 +276,34 @@ func RunnerPod(vm *vmv1.VirtualMachine, podName string, s Settings, receiveMigra
 	}
 	pod.Spec.Containers = []corev1.Container{c}
 	return pod, nil
+}
+
+// extraNetworkAttachment is the Multus network of spec.extraNetwork as
+// <nad>@<interface>; empty when the VM has no extra network or no address
+// for it yet (the runner bridges the interface to the guest only with an
+// address, spec/neonvm.md §3).
+func extraNetworkAttachment(vm *vmv1.VirtualMachine, s Settings) string {
+	en := vm.Spec.ExtraNetwork
+	if en == nil || !en.Enable || vm.Status.ExtraNetIP == "" {
+		return ""
+	}
+	nad := en.MultusNetwork
+	if nad == "" {
+		nad = s.ExtraNetworkNAD
+	}
+	if nad == "" {
+		nad = DefaultExtraNetworkNAD
+	}
+	return nad + "@" + ExtraNetworkInterface(vm)
+}
+
+// ExtraNetworkInterface is the pod interface of spec.extraNetwork (net1
+// unless the VM names another).
+func ExtraNetworkInterface(vm *vmv1.VirtualMachine) string {
+	if en := vm.Spec.ExtraNetwork; en != nil && en.Interface != "" {
+		return en.Interface
+	}
+	return "net1"
 }
 
 // runnerArgs is the runner's command line (§4.2).

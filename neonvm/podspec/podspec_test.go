@@ -182,3 +182,49 @@ func TestRunnerPodOptions(t *testing.T) {
 		t.Errorf("no runner image: %v", err)
 	}
 }
+
+// The extra network is asked of Multus as <nad>@<interface> once the VM
+// has its address: the VM's NAD, else the controller's, else the default;
+// a VM's own networks annotation is kept.
+func TestRunnerPodExtraNetwork(t *testing.T) {
+	base := CompatVMs(t, "../..")
+	var vm *vmv1.VirtualMachine
+	for _, v := range base {
+		vm = v
+		break
+	}
+	for _, c := range []struct {
+		name     string
+		en       *vmv1.ExtraNetwork
+		ip       string
+		settings string
+		own      string
+		want     string
+	}{
+		{name: "off", en: nil, ip: "", want: ""},
+		{name: "disabled", en: &vmv1.ExtraNetwork{Enable: false, Interface: "net1"}, ip: "10.100.0.1", want: ""},
+		{name: "no address yet", en: &vmv1.ExtraNetwork{Enable: true, Interface: "net1"}, ip: "", want: ""},
+		{name: "default NAD", en: &vmv1.ExtraNetwork{Enable: true}, ip: "10.100.0.1", want: "neonvm-system/neonvm-overlay-net@net1"},
+		{name: "controller NAD", en: &vmv1.ExtraNetwork{Enable: true, Interface: "net1"}, ip: "10.100.0.1", settings: "ops/overlay",
+			want: "ops/overlay@net1"},
+		{name: "VM NAD and interface", en: &vmv1.ExtraNetwork{Enable: true, Interface: "ovl0", MultusNetwork: "db/vxlan"}, ip: "10.100.0.1",
+			settings: "ops/overlay", want: "db/vxlan@ovl0"},
+		{name: "VM's own networks kept", en: &vmv1.ExtraNetwork{Enable: true}, ip: "10.100.0.1", own: "db/storage@net9",
+			want: "db/storage@net9, neonvm-system/neonvm-overlay-net@net1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			v := vm.DeepCopy()
+			v.Spec.ExtraNetwork, v.Status.ExtraNetIP, v.Status.ExtraNetMask = c.en, c.ip, "255.255.0.0"
+			if c.own != "" {
+				v.Annotations = map[string]string{MultusNetworksAnnot: c.own}
+			}
+			pod, err := RunnerPod(v, "db-abcde", Settings{RunnerImage: "r", ExtraNetworkNAD: c.settings}, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := pod.Annotations[MultusNetworksAnnot]; got != c.want {
+				t.Errorf("%s = %q, want %q", MultusNetworksAnnot, got, c.want)
+			}
+		})
+	}
+}

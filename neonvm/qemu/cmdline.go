@@ -7,6 +7,7 @@ package qemu
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -64,6 +65,30 @@ type Network struct {
 	Forwards []Forward
 }
 
+// ExtraNIC is the guest's second NIC, on spec.extraNetwork (the guest's
+// eth1): a tap bridged to the pod's Multus interface, with a static address
+// given on the kernel command line.
+type ExtraNIC struct {
+	TapName  string
+	VhostNet bool
+	// MAC is fixed by the runner (from the address): the overlay is one L2
+	// segment shared by every VM, and QEMU's default MAC is the same for
+	// all of them.
+	MAC string
+	// MTU is the overlay's MTU, told to the guest's driver (virtio-net
+	// host_mtu) so it never sends frames the overlay drops; 0: not told.
+	MTU int
+	// IP and Mask are the guest's address (status.extraNetIP and
+	// extraNetMask), dotted IPv4.
+	IP, Mask string
+	// Hostname is the ip= argument's hostname field (the pod name, as
+	// NeonVM).
+	Hostname string
+}
+
+// ExtraNICDevice is the guest's name of ExtraNIC: the second virtio NIC.
+const ExtraNICDevice = "eth1"
+
 // Config is what the runner knows besides the VM spec.
 type Config struct {
 	Arch  string // "amd64" (default) or "arm64"
@@ -105,6 +130,8 @@ type Config struct {
 	Disks []Disk
 
 	Network Network
+	// ExtraNIC, when set, is the guest's second NIC (spec.extraNetwork).
+	ExtraNIC *ExtraNIC
 
 	// Incoming starts QEMU waiting for a live migration on this address
 	// ("tcp:0:20187").
@@ -248,8 +275,19 @@ func Build(vm *vmv1.VirtualMachine, cfg Config) (*Command, error) {
 			"-device", fmt.Sprintf("virtio-mem-pci,id=vm0,memdev=vmem0,block-size=8M,requested-size=%d", cfg.VirtioMemRequestedBytes))
 	}
 
-	// Network.
+	// Network: the default NIC first, so the guest names it eth0.
 	a.add(netArgs(cfg.Network)...)
+	if n := cfg.ExtraNIC; n != nil {
+		netdev := []string{"tap", "id=overlay", "ifname=" + n.TapName, "script=no", "downscript=no"}
+		if n.VhostNet {
+			netdev = append(netdev, "vhost=on")
+		}
+		dev := []string{"virtio-net-pci", "netdev=overlay", "mac=" + n.MAC}
+		if n.MTU > 0 {
+			dev = append(dev, "host_mtu="+strconv.Itoa(n.MTU))
+		}
+		a.add("-netdev", joinOpts(netdev...), "-device", joinOpts(dev...))
+	}
 
 	// Kernel.
 	a.add("-kernel", cfg.KernelPath)
@@ -281,6 +319,12 @@ func KernelCmdline(vm *vmv1.VirtualMachine, cfg Config, console string) string {
 		"panic=-1", "init=" + init, "loglevel=6", "root=/dev/vda", "rw",
 		"memhp_default_state=online", "memory_hotplug.online_policy=auto-movable",
 		"memory_hotplug.auto_movable_ratio=" + ratio,
+	}
+	if n := cfg.ExtraNIC; n != nil {
+		// The kernel's own syntax (client:server:gateway:netmask:hostname:
+		// device:autoconf); the guest's init applies it, as the guest
+		// kernel brings its NICs up from modules, after the kernel would.
+		parts = append(parts, fmt.Sprintf("ip=%s:::%s:%s:%s:off", n.IP, n.Mask, n.Hostname, ExtraNICDevice))
 	}
 	if cfg.Hostname != "" {
 		parts = append(parts, "hostname="+cfg.Hostname)
@@ -337,6 +381,20 @@ func check(vm *vmv1.VirtualMachine, cfg Config) error {
 	}
 	if cfg.RootDiskPath == "" {
 		errs = append(errs, errors.New("no root disk path"))
+	}
+	if n := cfg.ExtraNIC; n != nil {
+		if n.TapName == "" || n.MAC == "" {
+			errs = append(errs, errors.New("extra NIC without a tap device or MAC"))
+		}
+		if ip, err := netip.ParseAddr(n.IP); err != nil || !ip.Is4() {
+			errs = append(errs, fmt.Errorf("status.extraNetIP %q is not an IPv4 address", n.IP))
+		}
+		if m, err := netip.ParseAddr(n.Mask); err != nil || !m.Is4() {
+			errs = append(errs, fmt.Errorf("status.extraNetMask %q is not an IPv4 netmask", n.Mask))
+		}
+		if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
+			errs = append(errs, fmt.Errorf("extra NIC MTU %d is outside 68..65535", n.MTU))
+		}
 	}
 	if len(cfg.HotpluggedCPUs) > 0 && cfg.CPUDriver == "" {
 		errs = append(errs, errors.New("hot-plugged CPUs given without their CPU driver"))

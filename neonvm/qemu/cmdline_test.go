@@ -71,7 +71,7 @@ func TestBuild(t *testing.T) {
 				},
 				absent:  []string{"-enable-kvm", "-incoming", "-runas"},
 				cmdline: []string{"root=/dev/vda", "memhp_default_state=online", "memory_hotplug.online_policy=auto-movable", "memory_hotplug.auto_movable_ratio=401", "hostname=vm-db-abcde", "console=ttyS1"},
-				notIn:   []string{"maxcpus="},
+				notIn:   []string{"maxcpus=", "ip="},
 			},
 		},
 		{
@@ -142,6 +142,38 @@ func TestBuild(t *testing.T) {
 				{"-netdev", "tap,id=default,ifname=tap-def,script=no,downscript=no,vhost=on"},
 				{"-device", "virtio-net-pci,netdev=default,mac=52:54:00:12:34:56"},
 			}},
+		},
+		{
+			name: "extra network: a second NIC after the default one and the guest's ip= argument",
+			cfg: func(c *Config) {
+				c.Network = Network{TapName: "tap-def"}
+				c.ExtraNIC = &ExtraNIC{TapName: "tap-overlay", VhostNet: true, MAC: "02:00:0a:64:00:05", MTU: 1450,
+					IP: "10.100.0.5", Mask: "255.255.0.0", Hostname: "db-abcde"}
+			},
+			want: want{
+				pairs: [][2]string{
+					{"-netdev", "tap,id=overlay,ifname=tap-overlay,script=no,downscript=no,vhost=on"},
+					{"-device", "virtio-net-pci,netdev=overlay,mac=02:00:0a:64:00:05,host_mtu=1450"},
+				},
+				cmdline: []string{"auto_movable_ratio=401 ip=10.100.0.5:::255.255.0.0:db-abcde:eth1:off hostname=vm-db-abcde"},
+			},
+		},
+		{
+			name: "extra network without an MTU or vhost",
+			cfg: func(c *Config) {
+				c.ExtraNIC = &ExtraNIC{TapName: "tap-overlay", MAC: "02:00:0a:64:00:05", IP: "10.100.0.5", Mask: "255.255.0.0", Hostname: "db-abcde"}
+			},
+			want: want{pairs: [][2]string{
+				{"-netdev", "tap,id=overlay,ifname=tap-overlay,script=no,downscript=no"},
+				{"-device", "virtio-net-pci,netdev=overlay,mac=02:00:0a:64:00:05"},
+			}},
+		},
+		{
+			name: "extra network with a bad address",
+			cfg: func(c *Config) {
+				c.ExtraNIC = &ExtraNIC{TapName: "tap-overlay", MAC: "02:00:0a:64:00:05", IP: "10.100.0", Mask: "255.255.0.0"}
+			},
+			want: want{err: `status.extraNetIP "10.100.0" is not an IPv4 address`},
 		},
 		{
 			name: "user networking forwards guest ports to loopback",
@@ -278,4 +310,26 @@ func valueOf(args []string, flag string) string {
 		}
 	}
 	return ""
+}
+
+// The default NIC comes before the extra one, so the guest names them eth0
+// and eth1 (virtio NICs are probed in PCI slot order, and QEMU gives slots
+// in the order of the -device flags).
+func TestExtraNICIsSecond(t *testing.T) {
+	cfg := testConfig()
+	cfg.Network = Network{TapName: "tap-def"}
+	cfg.ExtraNIC = &ExtraNIC{TapName: "tap-overlay", MAC: "02:00:0a:64:00:05", IP: "10.100.0.5", Mask: "255.255.0.0"}
+	cmd, err := Build(testVM(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nics []string
+	for i := 0; i+1 < len(cmd.Args); i++ {
+		if cmd.Args[i] == "-device" && strings.HasPrefix(cmd.Args[i+1], "virtio-net-pci,") {
+			nics = append(nics, cmd.Args[i+1])
+		}
+	}
+	if len(nics) != 2 || !strings.Contains(nics[0], "netdev=default") || !strings.Contains(nics[1], "netdev=overlay") {
+		t.Fatalf("NICs in order %q", nics)
+	}
 }

@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"sort"
@@ -94,4 +95,72 @@ func (n PodNetwork) Setup(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// OverlayNetwork is the guest's extra network in a runner pod
+// (spec/neonvm.md §3): the pod's Multus interface (net1) and a tap for the
+// guest's second NIC, both ports of one bridge, so the guest sits on the
+// overlay's L2 segment itself with the address the controller allocated.
+// The pod keeps no address on the overlay: the address is the guest's.
+type OverlayNetwork struct {
+	PodInterface string // net1, spec.extraNetwork.interface
+	Bridge       string // br-overlay
+	Tap          string // tap-overlay
+	// MTU is the pod interface's, given to the tap (and by QEMU to the
+	// guest) so frames fit the overlay (VXLAN takes 50 bytes); 0: unknown.
+	MTU int
+}
+
+// DefaultOverlayNetwork is the overlay of podInterface (net1 when empty).
+func DefaultOverlayNetwork(podInterface string) OverlayNetwork {
+	if podInterface == "" {
+		podInterface = "net1"
+	}
+	return OverlayNetwork{PodInterface: podInterface, Bridge: "br-overlay", Tap: "tap-overlay"}
+}
+
+// Commands are the ip commands that set the overlay up, in order.
+func (n OverlayNetwork) Commands() [][]string {
+	cmds := [][]string{
+		{"ip", "addr", "flush", "dev", n.PodInterface},
+		{"ip", "link", "add", n.Bridge, "type", "bridge"},
+		{"ip", "link", "set", n.PodInterface, "master", n.Bridge},
+		{"ip", "tuntap", "add", "dev", n.Tap, "mode", "tap"},
+	}
+	if n.MTU > 0 {
+		cmds = append(cmds, []string{"ip", "link", "set", n.Tap, "mtu", strconv.Itoa(n.MTU)})
+	}
+	return append(cmds,
+		[]string{"ip", "link", "set", n.Tap, "master", n.Bridge},
+		[]string{"ip", "link", "set", n.PodInterface, "up"},
+		[]string{"ip", "link", "set", n.Tap, "up"},
+		[]string{"ip", "link", "set", n.Bridge, "up"},
+	)
+}
+
+// Setup reads the pod interface's MTU, then runs Commands, stopping at
+// the first failure; it returns the network with its MTU.
+func (n OverlayNetwork) Setup(ctx context.Context) (OverlayNetwork, error) {
+	raw, err := os.ReadFile("/sys/class/net/" + n.PodInterface + "/mtu")
+	if err != nil {
+		return n, fmt.Errorf("extra network: the pod has no interface %s (is Multus attaching the NetworkAttachmentDefinition?): %w", n.PodInterface, err)
+	}
+	if n.MTU, err = strconv.Atoi(strings.TrimSpace(string(raw))); err != nil {
+		return n, fmt.Errorf("extra network: MTU of %s: %w", n.PodInterface, err)
+	}
+	for _, c := range n.Commands() {
+		if out, err := exec.CommandContext(ctx, c[0], c[1:]...).CombinedOutput(); err != nil {
+			return n, fmt.Errorf("extra network: %s: %w: %s", strings.Join(c, " "), err, strings.TrimSpace(string(out)))
+		}
+	}
+	return n, nil
+}
+
+// OverlayMAC is the guest's MAC on the overlay, derived from its address
+// (02:00 and the four address bytes, locally administered): unique on the
+// overlay's one L2 segment while addresses are, and the same on a
+// migration's target as on its source.
+func OverlayMAC(ip netip.Addr) string {
+	b := ip.As4()
+	return fmt.Sprintf("02:00:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3])
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
+	"github.com/vmscale/vmscale/neonvm/ipam"
 	"github.com/vmscale/vmscale/neonvm/qemu"
 	"github.com/vmscale/vmscale/neonvm/qmp"
 )
@@ -129,6 +131,10 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.TapName, cfg.Forwards = pn.Tap, nil
 		log.Info("pod network ready", "bridge", pn.Bridge, "tap", pn.Tap, "guest", PodNetGuestIP, "ports", pn.Ports)
 	}
+	extraNIC, err := setupExtraNetwork(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
 	sigtermSock := filepath.Join(cfg.RunDir, SigtermSocket)
 	mode := cfg.CPUScalingMode
 	if mode == "" {
@@ -146,7 +152,8 @@ func Run(ctx context.Context, cfg Config) error {
 		KernelPath: cfg.Kernel, InitrdPath: cfg.Initrd, RootDiskPath: root, Disks: disks,
 		MemhpAutoMovableRatio: cfg.MemhpAutoMovableRatio, UseVirtioConsole: cfg.UseVirtioConsole,
 		DiskCache: cfg.DiskCache, ExtraKernelArgs: extra, Hostname: "vm-" + cfg.PodName, RunAs: cfg.QEMUUser,
-		Network: qemu.Network{TapName: cfg.TapName, Forwards: cfg.Forwards, VhostNet: cfg.TapName != "" && exists("/dev/vhost-net")},
+		Network:  qemu.Network{TapName: cfg.TapName, Forwards: cfg.Forwards, VhostNet: cfg.TapName != "" && exists("/dev/vhost-net")},
+		ExtraNIC: extraNIC,
 	}
 	if cfg.ReceiveMigration {
 		qcfg.Incoming = "tcp:0:" + strconv.Itoa(int(vmv1.MigrationPort))
@@ -225,6 +232,50 @@ func Run(ctx context.Context, cfg Config) error {
 		<-exited
 		return fmt.Errorf("the guest did not power off within %s; QEMU killed", grace)
 	}
+}
+
+// setupExtraNetwork bridges the pod's Multus interface to a tap for the
+// guest's second NIC when the VM has an extra network and an address for it
+// (status.extraNetIP, allocated by the controller before the pod); nil
+// when it has none, and always outside a runner pod.
+func setupExtraNetwork(ctx context.Context, cfg Config, log *slog.Logger) (*qemu.ExtraNIC, error) {
+	en := cfg.Spec.ExtraNetwork
+	if !cfg.PodNetwork || en == nil || !en.Enable {
+		return nil, nil
+	}
+	nic, err := ExtraNIC(cfg.Status, cfg.PodName)
+	if err != nil {
+		return nil, err
+	}
+	if nic == nil {
+		log.Warn("spec.extraNetwork is enabled but the VM has no address (status.extraNetIP): the guest runs without it")
+		return nil, nil
+	}
+	on, err := DefaultOverlayNetwork(en.Interface).Setup(ctx)
+	if err != nil {
+		return nil, err
+	}
+	nic.TapName, nic.MTU, nic.VhostNet = on.Tap, on.MTU, exists("/dev/vhost-net")
+	log.Info("extra network ready", "interface", on.PodInterface, "bridge", on.Bridge, "tap", on.Tap,
+		"mtu", on.MTU, "guest", nic.IP+"/"+nic.Mask, "mac", nic.MAC)
+	return nic, nil
+}
+
+// ExtraNIC is the guest's second NIC from the VM's status (its address and
+// mask, the MAC derived from the address), without its tap; nil when the
+// status has no address.
+func ExtraNIC(st vmv1.VirtualMachineStatus, podName string) (*qemu.ExtraNIC, error) {
+	if st.ExtraNetIP == "" {
+		return nil, nil
+	}
+	ip, err := netip.ParseAddr(st.ExtraNetIP)
+	if err != nil || !ip.Is4() {
+		return nil, fmt.Errorf("status.extraNetIP %q is not an IPv4 address", st.ExtraNetIP)
+	}
+	if _, err := ipam.ParseMask(st.ExtraNetMask); err != nil {
+		return nil, fmt.Errorf("status.extraNetMask: %w", err)
+	}
+	return &qemu.ExtraNIC{MAC: OverlayMAC(ip), IP: ip.String(), Mask: st.ExtraNetMask, Hostname: podName}, nil
 }
 
 func guestRunning(ctx context.Context, sock string) error {

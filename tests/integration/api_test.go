@@ -18,6 +18,7 @@ func TestCRDsInstalled(t *testing.T) {
 		name, kind, singular string
 		columns              map[string]string // name -> JSONPath
 		wide                 []string
+		noStatus             bool // no status subresource (IPPool, as Whereabouts')
 	}{
 		{
 			name: "virtualmachines.vm.neon.tech", kind: "VirtualMachine", singular: "neonvm",
@@ -39,6 +40,11 @@ func TestCRDsInstalled(t *testing.T) {
 			},
 			wide: []string{"SourceIP", "TargetIP"},
 		},
+		{
+			name: "ippools.vm.neon.tech", kind: "IPPool", singular: "ippool",
+			columns:  map[string]string{"Range": ".spec.range", "Age": ".metadata.creationTimestamp"},
+			noStatus: true,
+		},
 	}
 	for _, c := range cases {
 		t.Run(c.kind, func(t *testing.T) {
@@ -52,8 +58,8 @@ func TestCRDsInstalled(t *testing.T) {
 			if crd.Spec.Scope != apiextensionsv1.NamespaceScoped {
 				t.Errorf("scope = %s", crd.Spec.Scope)
 			}
-			if len(crd.Spec.Versions) != 1 || crd.Spec.Versions[0].Name != "v1" || crd.Spec.Versions[0].Subresources == nil ||
-				crd.Spec.Versions[0].Subresources.Status == nil {
+			if len(crd.Spec.Versions) != 1 || crd.Spec.Versions[0].Name != "v1" ||
+				(!c.noStatus && (crd.Spec.Versions[0].Subresources == nil || crd.Spec.Versions[0].Subresources.Status == nil)) {
 				t.Fatalf("want one served v1 version with a status subresource, got %+v", crd.Spec.Versions)
 			}
 			got := map[string]apiextensionsv1.CustomResourceColumnDefinition{}

@@ -45,6 +45,10 @@ var testSettings = podspec.Settings{RunnerImage: "vmscale/neonvm-runner:test", Q
 
 var skippedVM = types.NamespacedName{Namespace: "skip-validation", Name: "legacy"}
 
+// suiteIPPool records the extra-network addresses of the suite's VM
+// reconciler (range 10.100.0.0/16).
+var suiteIPPool = types.NamespacedName{Namespace: "default", Name: "neonvm-overlay-net"}
+
 var (
 	testEnv   *envtest.Environment
 	k8sClient client.Client
@@ -130,12 +134,17 @@ func startManager(ctx context.Context) (<-chan struct{}, error) {
 	}
 	// The VM reconciler, against the real apiserver; no kubelet runs here,
 	// so runner pods stay Pending unless a test sets their status.
+	ipam, err := controllers.NewIPAM(mgr.GetClient(), mgr.GetAPIReader(), suiteIPPool, "10.100.0.0/16", nil)
+	if err != nil {
+		return nil, err
+	}
 	if err := (&controllers.VMReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
 		Recorder:  mgr.GetEventRecorder("neonvm-controller"),
 		Settings:  testSettings,
 		Metrics:   controllers.NewMetrics(nil, nil),
+		IPAM:      ipam,
 		// Only the controller tests' namespaces: the API tests set VM
 		// statuses by hand.
 		EventFilter: predicate.NewPredicateFuncs(func(o client.Object) bool { return strings.HasPrefix(o.GetNamespace(), "vm-") }),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/podspec"
+	"github.com/vmscale/vmscale/neonvm/runner"
 	"github.com/vmscale/vmscale/tests/poll"
 )
 
@@ -193,18 +195,43 @@ func TestVMControllerRestartsFailedVM(t *testing.T) {
 	}
 }
 
-// spec.extraNetwork is accepted and reported as not supported yet.
-func TestVMControllerReportsExtraNetwork(t *testing.T) {
+// spec.extraNetwork: the VM gets an address from the IPPool before its
+// pod, recorded in its status with ExtraNetworkReady=True; the pod asks
+// Multus for the network and carries the address to the runner; deleting
+// the VM gives the address back.
+func TestVMControllerAllocatesExtraNetwork(t *testing.T) {
 	ns := newNamespace(t, "vm-extranet")
+	ctx := context.Background()
 	vm := smallVM(ns, "db")
 	vm.Spec.ExtraNetwork = &vmv1.ExtraNetwork{Enable: true}
-	if err := k8sClient.Create(context.Background(), vm); err != nil {
+	if err := k8sClient.Create(ctx, vm); err != nil {
 		t.Fatal(err)
 	}
-	poll.Until(t, 30*time.Second, 100*time.Millisecond, "ExtraNetworkReady condition", func() error {
-		c := meta.FindStatusCondition(getVM(t, ns, "db").Status.Conditions, "ExtraNetworkReady")
-		if c == nil || c.Status != "False" || c.Reason != "NotSupported" {
-			return fmt.Errorf("condition %+v", c)
+	vm, pod := waitPod(t, ns, "db")
+	c := meta.FindStatusCondition(vm.Status.Conditions, "ExtraNetworkReady")
+	if c == nil || c.Status != "True" || c.Reason != "Allocated" {
+		t.Fatalf("ExtraNetworkReady = %+v", c)
+	}
+	ip, err := netip.ParseAddr(vm.Status.ExtraNetIP)
+	if err != nil || !netip.MustParsePrefix("10.100.0.0/16").Contains(ip) || vm.Status.ExtraNetMask != "255.255.0.0" {
+		t.Fatalf("status.extraNetIP %q extraNetMask %q", vm.Status.ExtraNetIP, vm.Status.ExtraNetMask)
+	}
+	if got := pod.Annotations["k8s.v1.cni.cncf.io/networks"]; got != "neonvm-system/neonvm-overlay-net@net1" {
+		t.Errorf("pod networks annotation %q", got)
+	}
+	var st vmv1.VirtualMachineStatus
+	if err := runner.DecodeSpec(argAfter(pod.Spec.Containers[0].Args, "-vmstatus"), &st); err != nil || st.ExtraNetIP != vm.Status.ExtraNetIP {
+		t.Errorf("the runner's -vmstatus has extraNetIP %q (%v), want %s", st.ExtraNetIP, err, vm.Status.ExtraNetIP)
+	}
+	if holder := poolHolder(t, suiteIPPool, vm.Status.ExtraNetIP); holder.ContainerID != string(vm.UID) || holder.PodRef != ns+"/db" {
+		t.Errorf("the pool has %s held by %+v, want the VM (%s)", vm.Status.ExtraNetIP, holder, vm.UID)
+	}
+	if err := k8sClient.Delete(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 30*time.Second, 100*time.Millisecond, "address released", func() error {
+		if h := poolHolder(t, suiteIPPool, vm.Status.ExtraNetIP); h.ContainerID == string(vm.UID) {
+			return fmt.Errorf("%s still held by the deleted VM", vm.Status.ExtraNetIP)
 		}
 		return nil
 	})
