@@ -73,6 +73,10 @@ test: ## The whole test suite: installs what it needs, then unit and integration
 test-unit: ## Tests that need nothing installed.
 	go test ./api/... ./pkg/...
 
+.PHONY: e2e
+e2e: ## The kuttl end-to-end suite (tests/e2e) against a cluster with vmscale deployed ($$KUBECONFIG, else the local cluster); E2E_TEST=name runs one.
+	hack/e2e.sh $(E2E_TEST)
+
 .PHONY: bench
 bench: ## Benchmarks that boot real guests (local processes, then runner pods in the local cluster); figures go to $(VMSCALE_CACHE)/bench/.
 	go test -run '^$$' -bench . -benchtime 3x -timeout 30m ./tests/guest/ | tee /dev/stderr | grep -E '^Benchmark' > /dev/null
