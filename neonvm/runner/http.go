@@ -100,6 +100,19 @@ func (a *API) daemonCPU(ctx context.Context) (vmv1.MilliCPU, error) {
 	return vmv1.MilliCPU(n), nil
 }
 
+// SysfsCurrent is what /cpu_current answers in SysfsScaling mode: the guest
+// onlines whole CPUs, so a fractional amount set by /cpu_change (250m, 1.5)
+// is current while the guest has it rounded up online; otherwise (the guest
+// rebooted, or nothing was set yet) the online CPUs are. Without this a
+// fractional spec would never match the status, and the VM would stay
+// Scaling.
+func SysfsCurrent(online, last vmv1.MilliCPU) vmv1.MilliCPU {
+	if last > 0 && (last+999)/1000*1000 == online {
+		return last
+	}
+	return online
+}
+
 // daemonStatus maps a failure to reach neonvm-daemon to the runner API's
 // answer: 504 on a timeout, 502 otherwise (as NeonVM's runner does).
 func daemonStatus(err error) int {
@@ -127,11 +140,12 @@ func (a *API) Handler() http.Handler {
 		cur := a.cpu.current
 		a.cpu.mu.Unlock()
 		if a.mode == vmv1.CPUScalingModeSysfs {
-			var err error
-			if cur, err = a.daemonCPU(r.Context()); err != nil {
+			online, err := a.daemonCPU(r.Context())
+			if err != nil {
 				http.Error(w, err.Error(), daemonStatus(err))
 				return
 			}
+			cur = SysfsCurrent(online, cur)
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(cpuBody{VCPUs: cur})

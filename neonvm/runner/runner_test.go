@@ -80,6 +80,21 @@ func TestCheckHost(t *testing.T) {
 	}
 }
 
+func TestSysfsCurrent(t *testing.T) {
+	for _, c := range []struct{ online, last, want vmv1.MilliCPU }{
+		{1000, 250, 250},   // a quarter CPU: one online
+		{2000, 1500, 1500}, // 1.5: two online
+		{1000, 1000, 1000},
+		{2000, 1000, 2000}, // the guest has more than was set
+		{1000, 1500, 1000}, // fewer
+		{3000, 0, 3000},    // nothing set yet
+	} {
+		if got := SysfsCurrent(c.online, c.last); got != c.want {
+			t.Errorf("SysfsCurrent(%v, %v) = %v; want %v", c.online, c.last, got, c.want)
+		}
+	}
+}
+
 // In Sysfs mode the runner API goes through neonvm-daemon: the real
 // daemon handler over a folder laid out like /sys.
 func TestAPISysfsThroughDaemon(t *testing.T) {
@@ -128,8 +143,19 @@ func TestAPISysfsThroughDaemon(t *testing.T) {
 	if code := post(`{"VCPUs":"2500m"}`); code != 200 {
 		t.Fatalf("/cpu_change 2500m = %d", code)
 	}
-	if got := current(); got != `{"VCPUs":3}` {
-		t.Fatalf("/cpu_current = %s; want 3 online CPUs", got)
+	// The guest onlines whole CPUs; the fractional amount set is current
+	// while it has them.
+	if b, _ := os.ReadFile(filepath.Join(cpuDir, "online")); strings.TrimSpace(string(b)) != "0,1,2" {
+		t.Fatalf("online CPUs %q after 2500m; want 0,1,2", b)
+	}
+	if got := current(); got != `{"VCPUs":"2500m"}` {
+		t.Fatalf("/cpu_current = %s; want 2500m (3 online)", got)
+	}
+	// A guest that has other CPUs online than asked (rebooted, or changed
+	// behind the runner's back) is reported as it is.
+	os.WriteFile(filepath.Join(cpuDir, "online"), []byte("0,1\n"), 0o644)
+	if got := current(); got != `{"VCPUs":2}` {
+		t.Fatalf("/cpu_current = %s with 2 online; want 2", got)
 	}
 	if code := post(`{"VCPUs":1}`); code != 200 || current() != `{"VCPUs":1}` {
 		t.Fatalf("back to 1: %d %s", code, current())
