@@ -2,8 +2,8 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand"
@@ -44,7 +44,10 @@ import (
 // It takes about two minutes; set VMSCALE_PLUGIN_BENCH=1 to run it
 // (VMSCALE_PLUGIN_BENCH=small for a quick run on 2 nodes,
 // VMSCALE_PLUGIN_BENCH_AGENTS to change the 32). The figures also go to the
-// cache's bench/plugin.txt.
+// cache's bench/plugin.txt. Each phase also reports the CPU each process
+// used per upscale and the apiserver's priority-and-fairness queueing;
+// VMSCALE_PLUGIN_BENCH_PPROF=<dir> adds CPU profiles of the apiserver and
+// the scheduler per phase.
 func TestPermitThroughput(t *testing.T) {
 	if os.Getenv("VMSCALE_PLUGIN_BENCH") == "" {
 		t.Skip("permit benchmark against the real apiserver: set VMSCALE_PLUGIN_BENCH=1 (about two minutes)")
@@ -471,7 +474,7 @@ func profile(t *testing.T, s *scheduler, name string, d time.Duration) func() {
 			return nil, err
 		}
 		return cs.CoreV1().RESTClient().Get().AbsPath("/debug/pprof/profile").Param("seconds", secs).
-			Timeout(d+30*time.Second).DoRaw(context.Background())
+			Timeout(d + 30*time.Second).DoRaw(context.Background())
 	})
 	go fetch("scheduler-"+name+".pprof", func() ([]byte, error) {
 		c := &http.Client{Timeout: d + 30*time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // loopback, self-signed
