@@ -81,8 +81,15 @@ func SetupWebhooksWithManager(mgr ctrl.Manager, cfg WebhookConfig) error {
 	return nil
 }
 
-// +kubebuilder:webhook:path=/mutate-vm-neon-tech-v1-virtualmachine,mutating=true,failurePolicy=fail,sideEffects=None,groups=vm.neon.tech,resources=virtualmachines,verbs=create;update,versions=v1,name=mvirtualmachine.vm.neon.tech,admissionReviewVersions=v1
-// +kubebuilder:webhook:path=/validate-vm-neon-tech-v1-virtualmachine,mutating=false,failurePolicy=fail,sideEffects=None,groups=vm.neon.tech,resources=virtualmachines,verbs=create;update,versions=v1,name=vvirtualmachine.vm.neon.tech,admissionReviewVersions=v1
+// Every rule of both kinds' webhooks is about the spec (defaults fill spec
+// fields; update validation compares old and new spec), so an update that
+// leaves the spec as it was (annotations and labels written by the
+// scheduler plugin and the agent, finalizers, owner references) is not sent
+// to them: the matchCondition lets the apiserver skip the call. Such
+// updates are the bulk of the writes to a busy cluster's VMs (one per
+// upscale), and the two webhook round trips were a large part of each.
+// +kubebuilder:webhook:path=/mutate-vm-neon-tech-v1-virtualmachine,mutating=true,failurePolicy=fail,sideEffects=None,groups=vm.neon.tech,resources=virtualmachines,verbs=create;update,versions=v1,name=mvirtualmachine.vm.neon.tech,admissionReviewVersions=v1,patch=`{"matchConditions":[{"name":"spec-changed","expression":"request.operation != 'UPDATE' || !has(object.spec) || !has(oldObject.spec) || object.spec != oldObject.spec"}]}`
+// +kubebuilder:webhook:path=/validate-vm-neon-tech-v1-virtualmachine,mutating=false,failurePolicy=fail,sideEffects=None,groups=vm.neon.tech,resources=virtualmachines,verbs=create;update,versions=v1,name=vvirtualmachine.vm.neon.tech,admissionReviewVersions=v1,patch=`{"matchConditions":[{"name":"spec-changed","expression":"request.operation != 'UPDATE' || !has(object.spec) || !has(oldObject.spec) || object.spec != oldObject.spec"}]}`
 
 // VirtualMachineMutatePath is where the VirtualMachine defaulter is served.
 const VirtualMachineMutatePath = "/mutate-vm-neon-tech-v1-virtualmachine"
@@ -164,8 +171,8 @@ func (w *vmWebhook) ValidateDelete(context.Context, *VirtualMachine) (admission.
 	return nil, nil
 }
 
-// +kubebuilder:webhook:path=/mutate-vm-neon-tech-v1-virtualmachinemigration,mutating=true,failurePolicy=fail,sideEffects=None,groups=vm.neon.tech,resources=virtualmachinemigrations,verbs=create;update,versions=v1,name=mvirtualmachinemigration.vm.neon.tech,admissionReviewVersions=v1
-// +kubebuilder:webhook:path=/validate-vm-neon-tech-v1-virtualmachinemigration,mutating=false,failurePolicy=fail,sideEffects=None,groups=vm.neon.tech,resources=virtualmachinemigrations,verbs=create;update,versions=v1,name=vvirtualmachinemigration.vm.neon.tech,admissionReviewVersions=v1
+// +kubebuilder:webhook:path=/mutate-vm-neon-tech-v1-virtualmachinemigration,mutating=true,failurePolicy=fail,sideEffects=None,groups=vm.neon.tech,resources=virtualmachinemigrations,verbs=create;update,versions=v1,name=mvirtualmachinemigration.vm.neon.tech,admissionReviewVersions=v1,patch=`{"matchConditions":[{"name":"spec-changed","expression":"request.operation != 'UPDATE' || !has(object.spec) || !has(oldObject.spec) || object.spec != oldObject.spec"}]}`
+// +kubebuilder:webhook:path=/validate-vm-neon-tech-v1-virtualmachinemigration,mutating=false,failurePolicy=fail,sideEffects=None,groups=vm.neon.tech,resources=virtualmachinemigrations,verbs=create;update,versions=v1,name=vvirtualmachinemigration.vm.neon.tech,admissionReviewVersions=v1,patch=`{"matchConditions":[{"name":"spec-changed","expression":"request.operation != 'UPDATE' || !has(object.spec) || !has(oldObject.spec) || object.spec != oldObject.spec"}]}`
 
 // +kubebuilder:object:generate=false
 type migrationWebhook struct{ cfg WebhookConfig }

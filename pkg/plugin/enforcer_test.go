@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -39,6 +40,10 @@ type fakeCluster struct {
 	patches    int
 	failPatch  error
 	onWrite    func(*vmv1.VirtualMachine)
+	// gate, if set, holds every patch until it is closed; inPatch counts
+	// the patches being held.
+	gate    chan struct{}
+	inPatch int
 }
 
 func newFakeCluster() *fakeCluster {
@@ -54,6 +59,13 @@ func (f *fakeCluster) put(vm *vmv1.VirtualMachine) *vmv1.VirtualMachine {
 
 func (f *fakeCluster) PatchVM(_ context.Context, ns, name string, patch []byte) (*vmv1.VirtualMachine, error) {
 	f.mu.Lock()
+	if gate := f.gate; gate != nil {
+		f.inPatch++
+		f.mu.Unlock()
+		<-gate
+		f.mu.Lock()
+		f.inPatch--
+	}
 	if f.failPatch != nil {
 		f.mu.Unlock()
 		return nil, f.failPatch
@@ -542,5 +554,65 @@ func TestStaleViewRecovers(t *testing.T) {
 	}
 	if ann := f.annotations("a"); ann[vmpod.RequestedAnnotation] != `{"vCPUs":2,"mem":"8Gi"}` || ann[vmpod.ApprovedAnnotation] != `{"vCPUs":2,"mem":"8Gi"}` {
 		t.Fatalf("annotations %v", ann)
+	}
+}
+
+// The permit path has at most MaxRequestPatches VM writes in flight; the
+// rest wait for a slot within their deadline and go through once one frees.
+func TestRequestPatchesBounded(t *testing.T) {
+	f := newFixture(t, true)
+	n := MaxRequestPatches + 4
+	for i := 0; i < n; i++ {
+		node := fmt.Sprintf("node-%d", i/4)
+		if i%4 == 0 {
+			f.node(node, 8000, 32*gi)
+		}
+		f.vm(fmt.Sprintf("vm-%d", i), node, 250, 1, nil)
+	}
+	gate := make(chan struct{})
+	f.fc.mu.Lock()
+	f.fc.gate = gate
+	f.fc.mu.Unlock()
+	inPatch := func() int {
+		f.fc.mu.Lock()
+		defer f.fc.mu.Unlock()
+		return f.fc.inPatch
+	}
+	last := r(250, gi)
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func(i int) {
+			got, err := f.e.Permit(context.Background(), request(fmt.Sprintf("vm-%d-pod", i), r(500, 2*gi), &last))
+			if err == nil && got != r(500, 2*gi) {
+				err = fmt.Errorf("vm-%d: permit %v", i, got)
+			}
+			errs <- err
+		}(i)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for inPatch() < MaxRequestPatches && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if got := inPatch(); got != MaxRequestPatches {
+		t.Fatalf("%d VM patches in flight; want %d", got, MaxRequestPatches)
+	}
+	// One more, with a deadline shorter than the held writes: it fails
+	// without ever reaching the apiserver.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	f.node("node-extra", 8000, 32*gi)
+	f.vm("vm-extra", "node-extra", 250, 1, nil)
+	if _, err := f.e.Permit(ctx, request("vm-extra-pod", r(500, 2*gi), &last)); err == nil || !strings.Contains(err.Error(), "write slots") {
+		t.Fatalf("upscale with no free write slot: %v; want a wait for a slot to time out", err)
+	}
+	close(gate)
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if got := inPatch(); got != 0 {
+		t.Fatalf("%d patches still held", got)
 	}
 }

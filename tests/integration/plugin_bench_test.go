@@ -2,8 +2,12 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -17,6 +21,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
@@ -39,7 +44,10 @@ import (
 // It takes about two minutes; set VMSCALE_PLUGIN_BENCH=1 to run it
 // (VMSCALE_PLUGIN_BENCH=small for a quick run on 2 nodes,
 // VMSCALE_PLUGIN_BENCH_AGENTS to change the 32). The figures also go to the
-// cache's bench/plugin.txt.
+// cache's bench/plugin.txt. Each phase also reports the CPU each process
+// used per upscale and the apiserver's priority-and-fairness queueing;
+// VMSCALE_PLUGIN_BENCH_PPROF=<dir> adds CPU profiles of the apiserver and
+// the scheduler per phase.
 func TestPermitThroughput(t *testing.T) {
 	if os.Getenv("VMSCALE_PLUGIN_BENCH") == "" {
 		t.Skip("permit benchmark against the real apiserver: set VMSCALE_PLUGIN_BENCH=1 (about two minutes)")
@@ -115,6 +123,13 @@ func TestPermitThroughput(t *testing.T) {
 		t.Fatal(err)
 	}
 	report(t, "warm-up: first request of %d agents (one VM write each) in %s; load average %s", n, time.Since(start).Round(time.Millisecond), loadavg())
+	var sample vmv1.VirtualMachine
+	if err := k8sClient.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "vm-0000"}, &sample); err != nil {
+		t.Fatal(err)
+	}
+	whole, _ := json.Marshal(&sample)
+	managed, _ := json.Marshal(sample.ManagedFields)
+	report(t, "a VM as stored: %d bytes of JSON, %d of them managedFields", len(whole), len(managed))
 	// Where an upscale's time goes: one JSON patch of a VM (through the
 	// VM admission webhooks) against one of a pod (none), sequentially, on
 	// an otherwise idle plugin.
@@ -140,6 +155,8 @@ func TestPermitThroughput(t *testing.T) {
 	// distinct VMs (and, for comparison, their pods) as fast as they can,
 	// with no plugin involved.
 	for _, kind := range []string{"VirtualMachine", "Pod"} {
+		stopProfile := profile(t, sched, "ceiling-"+kind, phase/2)
+		cpuBefore := processCPU()
 		var count int64
 		var mu sync.Mutex
 		deadline := time.Now().Add(phase / 2)
@@ -169,10 +186,15 @@ func TestPermitThroughput(t *testing.T) {
 			}(w)
 		}
 		wg.Wait()
+		stopProfile()
 		report(t, "apiserver ceiling: %d concurrent %s patches: %.0f writes/s", agents, kind, float64(count)/(phase/2).Seconds())
+		report(t, "  CPU: %s", strings.ReplaceAll(cpuPer(processCPU(), cpuBefore, int(count)), "upscale", "write"))
 	}
 	run := func(name string, upscaleShare float64) {
+		defer profile(t, sched, strings.ReplaceAll(name, "/", "-"), phase)()
 		patchesBefore := patchStats(t, sched)
+		apfBefore := apfWait(t)
+		cpuBefore := processCPU()
 		var mu sync.Mutex
 		lat := map[string][]time.Duration{}
 		failures := 0
@@ -246,7 +268,8 @@ func TestPermitThroughput(t *testing.T) {
 					time.Duration(float64(time.Second)*(after[kind+"_sum"]-patchesBefore[kind+"_sum"])/c).Round(10*time.Microsecond))
 			}
 		}
-		report(t, "  load average after: %s", loadavg())
+		report(t, "  CPU: %s", cpuPer(processCPU(), cpuBefore, len(lat["upscale"])))
+		report(t, "  apiserver: %s in priority-and-fairness queues; load average after: %s", apfWait(t)-apfBefore, loadavg())
 		if failures > 0 {
 			report(t, "  failed: %v", reasons)
 		}
@@ -256,7 +279,10 @@ func TestPermitThroughput(t *testing.T) {
 	// request in flight), as many independent agents would send them, so
 	// latency is measured at a given load rather than at saturation.
 	runOpen := func(name string, rate int, upscaleShare float64) {
+		defer profile(t, sched, fmt.Sprintf("%s-%d", strings.ReplaceAll(name, "/", "-"), rate), phase)()
 		patchesBefore := patchStats(t, sched)
+		apfBefore := apfWait(t)
+		cpuBefore := processCPU()
 		busy := make([]atomic.Bool, n)
 		var mu sync.Mutex
 		lat := map[string][]time.Duration{}
@@ -326,10 +352,12 @@ func TestPermitThroughput(t *testing.T) {
 				report(t, "  %-7s %6d (%5.1f%%)  p50 %-8s p99 %s", k, len(v), 100*float64(len(v))/float64(len(all)), pct(v, 50), pct(v, 99))
 			}
 		}
+		report(t, "  CPU: %s", cpuPer(processCPU(), cpuBefore, len(lat["upscale"])))
 		after := patchStats(t, sched)
 		if c := after["request_count"] - patchesBefore["request_count"]; c > 0 {
-			report(t, "  VM patches: %5.0f, mean %s; load average after: %s", c,
-				time.Duration(float64(time.Second)*(after["request_sum"]-patchesBefore["request_sum"])/c).Round(10*time.Microsecond), loadavg())
+			report(t, "  VM patches: %5.0f, mean %s; apiserver: %s in priority-and-fairness queues; load average after: %s", c,
+				time.Duration(float64(time.Second)*(after["request_sum"]-patchesBefore["request_sum"])/c).Round(10*time.Microsecond),
+				apfWait(t)-apfBefore, loadavg())
 		}
 		if failures > 0 {
 			report(t, "  failed: %v", reasons)
@@ -341,6 +369,126 @@ func TestPermitThroughput(t *testing.T) {
 	runOpen("mix80/20", 500, 0.2)
 	runOpen("mix80/20", 1000, 0.2)
 	run("upscales", 1)
+}
+
+// processCPU is the CPU time used so far by this test process and each of
+// its children (etcd, kube-apiserver, autoscale-scheduler), by command name.
+func processCPU() map[string]time.Duration {
+	out := map[string]time.Duration{}
+	self := os.Getpid()
+	stat := func(pid int) (name string, ppid int, cpu time.Duration, ok bool) {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return "", 0, 0, false
+		}
+		// pid (comm) state ppid ... utime(14) stime(15), in clock ticks
+		// (100/s on Linux).
+		open, end := strings.IndexByte(string(raw), '('), strings.LastIndexByte(string(raw), ')')
+		if open < 0 || end < open {
+			return "", 0, 0, false
+		}
+		f := strings.Fields(string(raw[end+2:]))
+		if len(f) < 13 {
+			return "", 0, 0, false
+		}
+		ppid, _ = strconv.Atoi(f[1])
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		return string(raw[open+1 : end]), ppid, time.Duration(ut+st) * 10 * time.Millisecond, true
+	}
+	if _, _, cpu, ok := stat(self); ok {
+		out["test process"] = cpu
+	}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if name, ppid, cpu, ok := stat(pid); ok && ppid == self {
+			out[name] += cpu
+		}
+	}
+	return out
+}
+
+// cpuPer says how much CPU each process used over a phase, per upscale.
+func cpuPer(after, before map[string]time.Duration, upscales int) string {
+	names := make([]string, 0, len(after))
+	for k := range after {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var parts []string
+	for _, k := range names {
+		d := after[k] - before[k]
+		part := fmt.Sprintf("%s %.2fs", k, d.Seconds())
+		if upscales > 0 {
+			part += fmt.Sprintf(" (%.1f ms/upscale)", float64(d.Microseconds())/1000/float64(upscales))
+		}
+		parts = append(parts, part)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// apfWait is the time requests have spent so far in the apiserver's
+// priority-and-fairness queues (all flows): a benchmark's writes should not
+// wait there.
+func apfWait(t *testing.T) time.Duration {
+	v := apiserverCounter(t, "apiserver_flowcontrol_request_wait_duration_seconds_sum", map[string]string{"execute": "true"})
+	return time.Duration(v * float64(time.Second)).Round(time.Millisecond)
+}
+
+// profile takes CPU profiles of the kube-apiserver and of the
+// autoscale-scheduler over the next d into $VMSCALE_PLUGIN_BENCH_PPROF
+// ({apiserver,scheduler}-<name>.pprof) when that is set; the returned func
+// waits for them.
+func profile(t *testing.T, s *scheduler, name string, d time.Duration) func() {
+	dir := os.Getenv("VMSCALE_PLUGIN_BENCH_PPROF")
+	if dir == "" {
+		return func() {}
+	}
+	secs := strconv.Itoa(int(d.Seconds()))
+	var wg sync.WaitGroup
+	fetch := func(file string, get func() ([]byte, error)) {
+		defer wg.Done()
+		raw, err := get()
+		if err != nil {
+			t.Logf("profile %s: %v", file, err)
+			return
+		}
+		_ = os.WriteFile(filepath.Join(dir, file), raw, 0o644)
+	}
+	wg.Add(3)
+	go fetch("apiserver-"+name+".metrics", func() ([]byte, error) {
+		time.Sleep(d - time.Second)
+		cs, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return nil, err
+		}
+		return cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
+	})
+	go fetch("apiserver-"+name+".pprof", func() ([]byte, error) {
+		cs, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return nil, err
+		}
+		return cs.CoreV1().RESTClient().Get().AbsPath("/debug/pprof/profile").Param("seconds", secs).
+			Timeout(d + 30*time.Second).DoRaw(context.Background())
+	})
+	go fetch("scheduler-"+name+".pprof", func() ([]byte, error) {
+		c := &http.Client{Timeout: d + 30*time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // loopback, self-signed
+		resp, err := c.Get(fmt.Sprintf("https://127.0.0.1:%d/debug/pprof/profile?seconds=%s", s.debugPort, secs))
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("status %s", resp.Status)
+		}
+		return io.ReadAll(resp.Body)
+	})
+	return wg.Wait
 }
 
 // maxUpscales keeps every upscale a real grant: 10 VMs of 250m/1Gi growing
@@ -483,6 +631,8 @@ func classify(reply permitReply, err error, want api.Resources) string {
 		return "error: no answer"
 	case reply.status >= 500:
 		switch b := reply.body; {
+		case strings.Contains(b, "write slots"):
+			return "error: no free VM write slot within 1s (plugin backlog)"
 		case strings.Contains(b, "deadline exceeded") || strings.Contains(b, "Timeout") || strings.Contains(b, "timed out"):
 			return "error: VM patch timed out"
 		case strings.Contains(b, "rejected our request"):

@@ -74,6 +74,8 @@ type scheduler struct {
 	logPath               string
 	permitURL, metricsURL string
 	configPath            string
+	// debugPort, if set, serves kube-scheduler's /debug/pprof.
+	debugPort int
 }
 
 // schedulerConfig is the shipped profile (config/scheduler) with a test
@@ -159,6 +161,9 @@ func startScheduler(t *testing.T) *scheduler {
 	s := &scheduler{t: t, configPath: schedulerConfig(t, permitPort, metricsPort),
 		permitURL:  fmt.Sprintf("http://127.0.0.1:%d/", permitPort),
 		metricsURL: fmt.Sprintf("http://127.0.0.1:%d", metricsPort)}
+	if os.Getenv("VMSCALE_PLUGIN_BENCH_PPROF") != "" {
+		s.debugPort = freePort(t)
+	}
 	s.logPath = filepath.Join(t.TempDir(), "scheduler.log")
 	s.start()
 	t.Cleanup(s.stop)
@@ -178,7 +183,14 @@ func (s *scheduler) launch() {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	s.cmd = exec.Command(buildScheduler(s.t), "--config="+s.configPath, "--secure-port=0", "-v=2")
+	args := []string{"--config=" + s.configPath, "--secure-port=0", "-v=2"}
+	if s.debugPort != 0 {
+		// kube-scheduler's own profiling endpoint, open to anonymous
+		// requests on loopback (for the permit benchmark's profiles).
+		args = append(args[:1], fmt.Sprintf("--secure-port=%d", s.debugPort), "--bind-address=127.0.0.1",
+			"--authorization-always-allow-paths=/healthz,/readyz,/livez,/debug/pprof/*", "-v=2")
+	}
+	s.cmd = exec.Command(buildScheduler(s.t), args...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)

@@ -2,12 +2,15 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -257,4 +260,73 @@ func TestSkipUpdateValidation(t *testing.T) {
 	if err := k8sClient.Update(ctx, cur); err == nil {
 		t.Fatal("update of an object not on the skip list accepted")
 	}
+}
+
+// An update that leaves the spec as it was (the plugin's and agent's
+// annotations, labels) is not sent to the webhooks at all: their
+// matchCondition excludes it, which the apiserver counts. A spec change in
+// the same object still goes to them and is still validated.
+func TestMetadataOnlyUpdateSkipsWebhooks(t *testing.T) {
+	ns := newNamespace(t, "metadata-only")
+	ctx := context.Background()
+	vm := mustYAML(t, validVM)
+	vm.SetNamespace(ns)
+	vm.SetName("annotated")
+	if err := k8sClient.Create(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	webhooks := []string{"mvirtualmachine.vm.neon.tech", "vvirtualmachine.vm.neon.tech"}
+	before := map[string]float64{}
+	for _, w := range webhooks {
+		before[w] = apiserverCounter(t, "apiserver_admission_match_condition_exclusions_total", map[string]string{"name": w, "operation": "UPDATE"})
+	}
+	const n = 5
+	for i := 0; i < n; i++ {
+		patch := client.RawPatch(types.JSONPatchType, []byte(fmt.Sprintf(
+			`[{"op":"add","path":"/metadata/annotations","value":{"internal.autoscaling.neon.tech/resources-approved":"{\"vCPUs\":%d,\"mem\":\"4Gi\"}"}}]`, i+1)))
+		if err := k8sClient.Patch(ctx, vm.DeepCopy(), patch); err != nil {
+			t.Fatalf("annotation patch %d: %v", i, err)
+		}
+	}
+	for _, w := range webhooks {
+		after := apiserverCounter(t, "apiserver_admission_match_condition_exclusions_total", map[string]string{"name": w, "operation": "UPDATE"})
+		if after-before[w] < n {
+			t.Errorf("webhook %s: %v of %d annotation-only updates excluded by its matchCondition", w, after-before[w], n)
+		}
+	}
+	cur := getUnstructured(t, vm, ns, vm.GetName())
+	_ = set("spec.guest.cpus.max", int64(2))(cur)
+	cur.SetAnnotations(map[string]string{"changed": "too"})
+	assertRejected(t, k8sClient.Update(ctx, cur), []string{"spec.guest.cpus.max: Forbidden: field is immutable"})
+}
+
+// apiserverCounter sums the kube-apiserver's samples of a metric whose
+// labels include all of the given ones.
+func apiserverCounter(t *testing.T, metric string, labels map[string]string) float64 {
+	t.Helper()
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
+	if err != nil {
+		t.Fatalf("apiserver metrics: %v", err)
+	}
+	sum := 0.0
+lines:
+	for _, line := range strings.Split(string(raw), "\n") {
+		if !strings.HasPrefix(line, metric+"{") {
+			continue
+		}
+		for k, v := range labels {
+			if !strings.Contains(line, fmt.Sprintf(`%s=%q`, k, v)) {
+				continue lines
+			}
+		}
+		var x float64
+		if _, err := fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &x); err == nil {
+			sum += x
+		}
+	}
+	return sum
 }
