@@ -48,14 +48,20 @@ func freePort(t testing.TB) int {
 
 // startController runs the controller as the local cluster's deployment
 // would: SysfsScaling by default (TCG cannot re-plug vCPUs, README),
-// privileged runners, the images make images built.
-func startController(t testing.TB, bin string) *controllerProc {
+// privileged runners, the images make images built; extraArgs are more
+// flags. It refuses to start next to a running in-cluster controller: two
+// controllers would fight over every VM.
+func startController(t testing.TB, bin string, extraArgs ...string) *controllerProc {
 	t.Helper()
+	if out, err := TryKubectl(kubeconfig, "-n", "neonvm-system", "get", "deploy", "neonvm-controller", "-o", "jsonpath={.spec.replicas}"); err == nil && strings.TrimSpace(out) != "0" {
+		t.Fatalf("vmscale is deployed in the cluster (deployment neonvm-system/neonvm-controller, %s replicas): run make undeploy-local first", out)
+	}
 	p := &controllerProc{bin: bin, metrics: fmt.Sprintf("127.0.0.1:%d", freePort(t)), log: &syncBuffer{}}
-	p.cmd = exec.Command(bin, "--kubeconfig="+kubeconfig, "--enable-webhooks=false",
-		"--metrics-bind-address="+p.metrics, fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", freePort(t)),
-		"--runner-image="+Image(t, "neonvm-runner"), "--runner-privileged", "--default-cpu-scaling-mode=SysfsScaling",
-		"--concurrency-limit=4")
+	args := append([]string{"--kubeconfig=" + kubeconfig, "--enable-webhooks=false",
+		"--metrics-bind-address=" + p.metrics, fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", freePort(t)),
+		"--runner-image=" + Image(t, "neonvm-runner"), "--runner-privileged", "--default-cpu-scaling-mode=SysfsScaling",
+		"--concurrency-limit=4"}, extraArgs...)
+	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
