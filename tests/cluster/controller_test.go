@@ -53,9 +53,7 @@ func freePort(t testing.TB) int {
 // controllers would fight over every VM.
 func startController(t testing.TB, bin string, extraArgs ...string) *controllerProc {
 	t.Helper()
-	if out, err := TryKubectl(kubeconfig, "-n", "neonvm-system", "get", "deploy", "neonvm-controller", "-o", "jsonpath={.spec.replicas}"); err == nil && strings.TrimSpace(out) != "0" {
-		t.Fatalf("vmscale is deployed in the cluster (deployment neonvm-system/neonvm-controller, %s replicas): run make undeploy-local first", out)
-	}
+	checkNotDeployed(t)
 	p := &controllerProc{bin: bin, metrics: fmt.Sprintf("127.0.0.1:%d", freePort(t)), log: &syncBuffer{}}
 	args := append([]string{"--kubeconfig=" + kubeconfig, "--enable-webhooks=false",
 		"--metrics-bind-address=" + p.metrics, fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", freePort(t)),
@@ -68,6 +66,25 @@ func startController(t testing.TB, bin string, extraArgs ...string) *controllerP
 	}
 	t.Cleanup(func() { p.kill() })
 	return p
+}
+
+// checkNotDeployed fails the test when `make deploy-local` left vmscale in
+// the cluster: its controller would reconcile the test's VMs too, and with
+// the controller scaled down its admission webhooks (failurePolicy Fail)
+// refuse every VM.
+func checkNotDeployed(t testing.TB) {
+	t.Helper()
+	replicas, err := TryKubectl(kubeconfig, "-n", "neonvm-system", "get", "deploy", "neonvm-controller", "-o", "jsonpath={.spec.replicas}")
+	if err != nil {
+		return // not deployed
+	}
+	if strings.TrimSpace(replicas) != "0" {
+		t.Fatalf("vmscale is deployed in the cluster (deployment neonvm-system/neonvm-controller, %s replicas): run make undeploy-local first", replicas)
+	}
+	policies, _ := TryKubectl(kubeconfig, "get", "mutatingwebhookconfiguration,validatingwebhookconfiguration", "-o", "jsonpath={.items[*].webhooks[*].failurePolicy}")
+	if strings.Contains(policies, "Fail") {
+		t.Fatalf("vmscale is deployed in the cluster with its controller scaled to 0: its webhooks (failurePolicy Fail) refuse every VM; run make undeploy-local first")
+	}
 }
 
 func (p *controllerProc) kill() {
