@@ -125,9 +125,17 @@ func holdSession(t testing.TB, ip string, interval time.Duration) *session {
 	return s
 }
 
+// close ends the session; the time since its last answer counts as a gap
+// too (a query still waiting at the end is cancelled, not failed).
 func (s *session) close() {
+	end := time.Now()
 	s.stop()
 	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if gap := end.Sub(s.last); gap > s.maxGap {
+		s.maxGap, s.maxGapAt = gap, end
+	}
 }
 
 // migrateWithSession moves the VM to the other node while a session on its
@@ -181,7 +189,11 @@ func TestExtraNetwork(t *testing.T) {
 	ctl := startController(t, buildController(t), "--ipam-pool-name="+ns+"/extranet-pool")
 	defer func() {
 		if t.Failed() {
-			t.Logf("controller log (tail):\n%s", tail(ctl.log.String(), 60))
+			t.Logf("controller log (tail):\n%s", tail(ctl.log.String(), 80))
+			events, _ := TryKubectl(kubeconfig, "-n", ns, "get", "events", "--sort-by=.lastTimestamp")
+			t.Logf("events:\n%s", events)
+			logs, _ := TryKubectl(kubeconfig, "-n", ns, "logs", "-l", "vm.neon.tech/name=xnet", "--all-containers", "--prefix", "--tail=40")
+			t.Logf("runner logs:\n%s", logs)
 		}
 	}()
 	st, ip := extraNetVM(t, ns, "xnet")
