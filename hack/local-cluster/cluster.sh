@@ -55,7 +55,7 @@ OVERLAY_PORT=4789
 OVERLAY_MTU=1450 # the underlay's 1500 less VXLAN's 50
 OVERLAY_NAD=neonvm-system/neonvm-overlay-net
 OVERLAY_HOST_VETH=vmscale-ovl
-OVERLAY_HOST_IP=10.100.255.254/16
+OVERLAY_HOST_IP=10.100.255.254/16 # the range's last address; IPAM hands out the lowest free ones
 OVERLAY_HOST_NODE=node-a
 CNI_BIN="$DIR/cni-bin"
 
