@@ -84,6 +84,7 @@ bench: ## Benchmarks that boot real guests (local processes, then runner pods in
 	go test -run '^$$' -bench BenchmarkReconcileThroughput -benchtime 1x -timeout 20m ./tests/integration/ | grep -E '^Benchmark'
 	@echo "figures: $(VMSCALE_CACHE)/bench/guest.txt"; tail -n 2 $(VMSCALE_CACHE)/bench/guest.txt
 	@echo "figures: $(VMSCALE_CACHE)/bench/cluster.txt"; tail -n 3 $(VMSCALE_CACHE)/bench/cluster.txt
+	@echo "figures: $(VMSCALE_CACHE)/bench/extranet.txt"; tail -n 1 $(VMSCALE_CACHE)/bench/extranet.txt
 	@echo "figures: $(VMSCALE_CACHE)/bench/controller.txt"; tail -n 1 $(VMSCALE_CACHE)/bench/controller.txt
 
 .PHONY: k8s-binaries

@@ -9,7 +9,12 @@
 #     (10.250.0.2 / .3), with its own root, state, sockets, cgroup root, pod
 #     log folder and pod CIDR (10.244.1.0/24 / 10.244.2.0/24);
 #   CoreDNS as a pod behind the kube-dns Service (10.96.0.10), answering for
-#     cluster.local only (no DNS leaves the machine).
+#     cluster.local only (no DNS leaves the machine);
+#   the VMs' extra network (README "The extra network and IPPool"): in each
+#     node's namespace a bridge neon-br0 and a VXLAN neon-vxlan0 to the other
+#     node, one L2 segment for 10.100.0.0/16, which the host joins too
+#     (vmscale-ovl, 10.100.255.254); runner pods get their net1 on neon-br0
+#     from vmscale-netattach, a chained CNI plugin standing in for Multus.
 #
 #   cluster.sh up       bring it up (a no-op when it is up); prints KUBECONFIG
 #   cluster.sh down     stop everything and remove what up created on the host
@@ -40,6 +45,19 @@ NODES=(node-a node-b)
 declare -A NODE_IP=([node-a]=10.250.0.2 [node-b]=10.250.0.3)
 declare -A POD_CIDR=([node-a]=10.244.1.0/24 [node-b]=10.244.2.0/24)
 declare -A VETH=([node-a]=vmscale-a [node-b]=vmscale-b)
+
+# The extra network (spec/neonvm.md §3): bridge + VXLAN per node, the
+# NetworkAttachmentDefinition name runner pods ask for, and the host's port.
+OVERLAY_BRIDGE=neon-br0
+OVERLAY_VXLAN=neon-vxlan0
+OVERLAY_VNI=100
+OVERLAY_PORT=4789
+OVERLAY_MTU=1450 # the underlay's 1500 less VXLAN's 50
+OVERLAY_NAD=neonvm-system/neonvm-overlay-net
+OVERLAY_HOST_VETH=vmscale-ovl
+OVERLAY_HOST_IP=10.100.255.254/16 # the range's last address; IPAM hands out the lowest free ones
+OVERLAY_HOST_NODE=node-a
+CNI_BIN="$DIR/cni-bin"
 
 netns() { echo "vmscale-$1"; }
 kubectl_() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_OUT" "$@"; }
@@ -195,6 +213,50 @@ setup_network() {
 	done
 }
 
+# setup_overlay: the extra network's L2 segment. Idempotent, and safe on a
+# running cluster: it only adds links that are missing (running pods keep
+# theirs; new runner pods get a net1 on it).
+setup_overlay() {
+	for n in "${NODES[@]}"; do
+		local ns other; ns="$(netns "$n")"
+		for o in "${NODES[@]}"; do [ "$o" != "$n" ] && other="${NODE_IP[$o]}"; done
+		in_ns() { ip netns exec "$ns" "$@"; }
+		in_ns ip link show "$OVERLAY_BRIDGE" >/dev/null 2>&1 || in_ns ip link add "$OVERLAY_BRIDGE" mtu "$OVERLAY_MTU" type bridge
+		if ! in_ns ip link show "$OVERLAY_VXLAN" >/dev/null 2>&1; then
+			# Unicast to the one other node; the bridge learns which
+			# side each MAC is on (and QEMU's announce after a migration
+			# moves it at once).
+			in_ns ip link add "$OVERLAY_VXLAN" mtu "$OVERLAY_MTU" type vxlan id "$OVERLAY_VNI" \
+				local "${NODE_IP[$n]}" remote "$other" dstport "$OVERLAY_PORT" dev eth0 learning
+		fi
+		in_ns ip link set "$OVERLAY_VXLAN" master "$OVERLAY_BRIDGE" up
+		in_ns ip link set "$OVERLAY_BRIDGE" up
+	done
+	# The host's port on the segment, so tests on the host reach the
+	# guests' extra-network addresses.
+	if ! ip link show "$OVERLAY_HOST_VETH" >/dev/null 2>&1; then
+		ip link add "$OVERLAY_HOST_VETH" mtu "$OVERLAY_MTU" type veth peer name ovl-host mtu "$OVERLAY_MTU" \
+			netns "$(netns "$OVERLAY_HOST_NODE")"
+	fi
+	ip netns exec "$(netns "$OVERLAY_HOST_NODE")" ip link set ovl-host master "$OVERLAY_BRIDGE" up
+	ip addr replace "$OVERLAY_HOST_IP" dev "$OVERLAY_HOST_VETH"
+	ip link set "$OVERLAY_HOST_VETH" up
+}
+
+# install_cni_plugins: the nodes' CNI bin dir, Debian's plugins plus ours
+# (built from this checkout; replaced atomically, since a runtime may be
+# running it).
+install_cni_plugins() {
+	local out="$VMSCALE_CACHE/cni/vmscale-netattach"
+	mkdir -p "$CNI_BIN" "$(dirname "$out")"
+	(cd "$VMSCALE_ROOT" && CGO_ENABLED=0 go build -trimpath -o "$out.new" ./cmd/vmscale-netattach) \
+		|| { log "FAILED: building cmd/vmscale-netattach"; exit 1; }
+	mv -f "$out.new" "$out"
+	for p in /usr/lib/cni/*; do ln -sfn "$p" "$CNI_BIN/$(basename "$p")"; done
+	cp -f "$out" "$CNI_BIN/.vmscale-netattach.new"
+	mv -f "$CNI_BIN/.vmscale-netattach.new" "$CNI_BIN/vmscale-netattach"
+}
+
 # Pod sandboxes' network namespaces (/run/netns/cni-*) outlive containerd when
 # it is stopped or killed without tearing its pods down; remove those no
 # process uses any more.
@@ -206,6 +268,7 @@ remove_stale_pod_netns() {
 }
 
 teardown_network() {
+	ip link del "$OVERLAY_HOST_VETH" 2>/dev/null || true
 	for n in "${NODES[@]}"; do
 		ip route del "${POD_CIDR[$n]}" 2>/dev/null || true
 		ip link del "${VETH[$n]}" 2>/dev/null || true
@@ -267,10 +330,13 @@ start_control_plane() {
 
 node_dir() { echo "$DIR/nodes/$1"; }
 
-write_node_config() {
+# write_containerd_config NODE: the node's folders and containerd.toml;
+# CONTAINERD_CHANGED says whether the file changed (containerd reads it only
+# at start; it reloads the CNI folder by itself).
+write_containerd_config() {
 	local n="$1" d; d="$(node_dir "$n")"
 	mkdir -p "$d"/{containerd,runc,cni,cni-ipam,kubelet,pod-logs}
-	cat >"$d/containerd.toml" <<-TOML
+	cat >"$d/containerd.toml.new" <<-TOML
 		version = 2
 		root = "$d/containerd/root"
 		state = "$d/containerd/state"
@@ -296,10 +362,20 @@ write_node_config() {
 		        SystemdCgroup = false
 		        Root = "$d/runc"
 		  [plugins."io.containerd.grpc.v1.cri".cni]
-		    bin_dir = "/usr/lib/cni"
+		    bin_dir = "$CNI_BIN"
 		    conf_dir = "$d/cni"
 	TOML
-	cat >"$d/cni/10-vmscale.conflist" <<-CNI
+	CONTAINERD_CHANGED=false
+	if ! cmp -s "$d/containerd.toml.new" "$d/containerd.toml"; then CONTAINERD_CHANGED=true; fi
+	mv -f "$d/containerd.toml.new" "$d/containerd.toml"
+}
+
+# write_cni_config NODE: the pod network (bridge cni0, host-local IPAM,
+# portmap) and, chained after it, vmscale-netattach for the extra network.
+# Written by rename: containerd watches the folder.
+write_cni_config() {
+	local n="$1" d; d="$(node_dir "$n")"
+	cat >"$d/cni/.10-vmscale.conflist.new" <<-CNI
 		{
 		  "cniVersion": "0.4.0",
 		  "name": "vmscale",
@@ -317,10 +393,20 @@ write_node_config() {
 		        "routes": [{"dst": "0.0.0.0/0"}]
 		      }
 		    },
-		    {"type": "portmap", "capabilities": {"portMappings": true}}
+		    {"type": "portmap", "capabilities": {"portMappings": true}},
+		    {
+		      "type": "vmscale-netattach",
+		      "kubeconfig": "$d/kubelet.kubeconfig",
+		      "networks": {"$OVERLAY_NAD": "$OVERLAY_BRIDGE"}
+		    }
 		  ]
 		}
 	CNI
+	mv -f "$d/cni/.10-vmscale.conflist.new" "$d/cni/10-vmscale.conflist"
+}
+
+write_kubelet_config() {
+	local n="$1" d; d="$(node_dir "$n")"
 	: >"$d/resolv.conf"
 	cat >"$d/kubelet.yaml" <<-YAML
 		apiVersion: kubelet.config.k8s.io/v1beta1
@@ -366,13 +452,31 @@ write_node_config() {
 
 start_node() {
 	local n="$1" d ns; d="$(node_dir "$n")"; ns="$(netns "$n")"
-	write_node_config "$n"
+	write_containerd_config "$n"
+	write_cni_config "$n"
+	write_kubelet_config "$n"
 	start "containerd-$n" "$ns" -- containerd --config "$d/containerd.toml"
 	wait_for "containerd on $n" 30 "containerd-$n" ctr -a "$d/containerd.sock" version
 	import_images "$n"
 	start "kubelet-$n" "$ns" -- "$BIN/kubelet" \
 		--config "$d/kubelet.yaml" --kubeconfig "$d/kubelet.kubeconfig" \
 		--root-dir "$d/kubelet" --hostname-override "$n" --node-ip "${NODE_IP[$n]}"
+}
+
+# refresh_node NODE: brings a running node's configuration up to date. Only
+# a changed containerd.toml restarts containerd (its containers live on in
+# their shims, and the kubelet reconnects); the CNI configuration is written
+# after, since it may name a plugin only the new bin_dir has.
+refresh_node() {
+	local n="$1" d ns; d="$(node_dir "$n")"; ns="$(netns "$n")"
+	write_containerd_config "$n"
+	if $CONTAINERD_CHANGED; then
+		log "node $n: containerd's configuration changed: restarting containerd (pods keep running)"
+		stop "containerd-$n"
+		start "containerd-$n" "$ns" -- containerd --config "$d/containerd.toml"
+		wait_for "containerd on $n" 30 "containerd-$n" ctr -a "$d/containerd.sock" version
+	fi
+	write_cni_config "$n"
 }
 
 # import_images NODE: loads every image tarball into the node's containerd.
@@ -414,7 +518,12 @@ healthy() {
 cmd_up() {
 	mkdir -p "$LOGS" "$PIDS"
 	install_deps
+	install_cni_plugins
 	if healthy; then
+		# A cluster brought up before the extra network existed gets it
+		# now; new pods use it.
+		setup_overlay
+		for n in "${NODES[@]}"; do refresh_node "$n"; done
 		# Keep the nodes' images current with the source: a rebuild from the
 		# Go build cache takes seconds, and the import only runs on a change.
 		local before; before="$(cat "$VMSCALE_CACHE/images/images.txt" 2>/dev/null || true)"
@@ -434,6 +543,7 @@ cmd_up() {
 	log "network: bridge $BRIDGE, namespaces $(netns node-a) $(netns node-b)"
 	remove_stale_pod_netns
 	setup_network
+	setup_overlay
 	log "control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy"
 	start_control_plane
 	for n in "${NODES[@]}"; do

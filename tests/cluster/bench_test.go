@@ -194,9 +194,12 @@ spec:
 }
 
 // appendBench adds a dated line to $VMSCALE_CACHE/bench/cluster.txt.
-func appendBench(t testing.TB, line string) {
+func appendBench(t testing.TB, line string) { appendBenchTo(t, "cluster.txt", line) }
+
+// appendBenchTo adds a dated line to $VMSCALE_CACHE/bench/<file>.
+func appendBenchTo(t testing.TB, file, line string) {
 	line = time.Now().UTC().Format(time.RFC3339) + " " + line
-	path := filepath.Join(cacheDir(), "bench", "cluster.txt")
+	path := filepath.Join(cacheDir(), "bench", file)
 	_ = os.MkdirAll(filepath.Dir(path), 0o755)
 	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 	if err != nil {

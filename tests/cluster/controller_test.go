@@ -48,20 +48,43 @@ func freePort(t testing.TB) int {
 
 // startController runs the controller as the local cluster's deployment
 // would: SysfsScaling by default (TCG cannot re-plug vCPUs, README),
-// privileged runners, the images make images built.
-func startController(t testing.TB, bin string) *controllerProc {
+// privileged runners, the images make images built; extraArgs are more
+// flags. It refuses to start next to a running in-cluster controller: two
+// controllers would fight over every VM.
+func startController(t testing.TB, bin string, extraArgs ...string) *controllerProc {
 	t.Helper()
+	checkNotDeployed(t)
 	p := &controllerProc{bin: bin, metrics: fmt.Sprintf("127.0.0.1:%d", freePort(t)), log: &syncBuffer{}}
-	p.cmd = exec.Command(bin, "--kubeconfig="+kubeconfig, "--enable-webhooks=false",
-		"--metrics-bind-address="+p.metrics, fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", freePort(t)),
-		"--runner-image="+Image(t, "neonvm-runner"), "--runner-privileged", "--default-cpu-scaling-mode=SysfsScaling",
-		"--concurrency-limit=4")
+	args := append([]string{"--kubeconfig=" + kubeconfig, "--enable-webhooks=false",
+		"--metrics-bind-address=" + p.metrics, fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", freePort(t)),
+		"--runner-image=" + Image(t, "neonvm-runner"), "--runner-privileged", "--default-cpu-scaling-mode=SysfsScaling",
+		"--concurrency-limit=4"}, extraArgs...)
+	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.kill() })
 	return p
+}
+
+// checkNotDeployed fails the test when `make deploy-local` left vmscale in
+// the cluster: its controller would reconcile the test's VMs too, and with
+// the controller scaled down its admission webhooks (failurePolicy Fail)
+// refuse every VM.
+func checkNotDeployed(t testing.TB) {
+	t.Helper()
+	replicas, err := TryKubectl(kubeconfig, "-n", "neonvm-system", "get", "deploy", "neonvm-controller", "-o", "jsonpath={.spec.replicas}")
+	if err != nil {
+		return // not deployed
+	}
+	if strings.TrimSpace(replicas) != "0" {
+		t.Fatalf("vmscale is deployed in the cluster (deployment neonvm-system/neonvm-controller, %s replicas): run make undeploy-local first", replicas)
+	}
+	policies, _ := TryKubectl(kubeconfig, "get", "mutatingwebhookconfiguration,validatingwebhookconfiguration", "-o", "jsonpath={.items[*].webhooks[*].failurePolicy}")
+	if strings.Contains(policies, "Fail") {
+		t.Fatalf("vmscale is deployed in the cluster with its controller scaled to 0: its webhooks (failurePolicy Fail) refuse every VM; run make undeploy-local first")
+	}
 }
 
 func (p *controllerProc) kill() {
