@@ -13,6 +13,10 @@ KUTTL := $(TOOLS) kubectl-kuttl
 .PHONY: all
 all: build
 
+.PHONY: demo
+demo: ## Start here: installs what is missing, brings up the local cluster, deploys vmscale and shows a Postgres VM scaling up under load and back down.
+	hack/demo.sh
+
 ##@ Development
 
 .PHONY: generate

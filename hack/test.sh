@@ -33,8 +33,31 @@ hack/guest/build.sh >/dev/null
 
 step "local two-node cluster (hack/local-cluster/cluster.sh up)"
 hack/local-cluster/cluster.sh up >/dev/null
+local_kubeconfig="$VMSCALE_CACHE/local-cluster/kubeconfig"
+
+# The cluster tests run their own controller on the host: a vmscale left
+# deployed by the last run (or by make demo) would fight it.
+if KUBECONFIG="$local_kubeconfig" kubectl get -n neonvm-system deployment neonvm-controller >/dev/null 2>&1 ||
+	KUBECONFIG="$local_kubeconfig" kubectl get validatingwebhookconfiguration neonvm-validating-webhook-configuration >/dev/null 2>&1; then
+	step "removing vmscale's deployment from the local cluster for the cluster tests"
+	KUBECONFIG="$local_kubeconfig" DEPLOY_CONFIG=config/local-cluster hack/deploy.sh down
+fi
 
 step "go test (unit, generated-file freshness, integration on real kube-apiserver, local cluster)"
 go test -count=1 -timeout 45m ./... 2>&1 | tee "${VMSCALE_TEST_LOG:-/dev/null}"
+
+step "deploy vmscale to the local cluster (make deploy-local)"
+KUBECONFIG="$local_kubeconfig" DEPLOY_CONFIG=config/local-cluster hack/deploy.sh up
+
+step "end-to-end suite (kuttl, tests/e2e)"
+mkdir -p "$VMSCALE_CACHE/e2e"
+e2e_log="$VMSCALE_CACHE/e2e/kuttl.log"
+if ! with_progress "kuttl e2e" bash -c 'KUBECONFIG="$1" hack/e2e.sh >"$2" 2>&1' _ "$local_kubeconfig" "$e2e_log"; then
+	tail -n 300 "$e2e_log"
+	grep -E 'failed in step|case.go' "$e2e_log" || true
+	die "the end-to-end suite failed (whole log: $e2e_log)"
+fi
+grep -E -- '--- (PASS|FAIL)' "$e2e_log"
+cat "$e2e_log" >>"${VMSCALE_TEST_LOG:-/dev/null}"
 
 step "all tests passed"

@@ -28,7 +28,7 @@ import (
 )
 
 func main() {
-	var kubeconfig, namespace string
+	var kubeconfig, namespace, bannerFile string
 	var once bool
 	var interval time.Duration
 	var metricsPort int
@@ -41,6 +41,7 @@ func main() {
 	fs.BoolVar(&once, "once", false, "print one table and exit (exit status 1 if a VM could not be read)")
 	fs.DurationVar(&interval, "interval", time.Second, "time between samples")
 	fs.IntVar(&metricsPort, "metrics-port", 9100, "the guest exporter's port (the agent's metrics.system.port)")
+	fs.StringVar(&bannerFile, "banner-file", "", "a file whose first line is shown above the table (a script's current step, e.g. make demo's)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: vmscale-top [--kubeconfig K] [-n NS] [--once] VM...\n")
 		fs.PrintDefaults()
@@ -57,12 +58,13 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	os.Exit(run(ctx, src, fs.Args(), once, interval, isTerminal(os.Stdout), os.Stdout))
+	b := banner{path: bannerFile}
+	os.Exit(run(ctx, src, fs.Args(), once, interval, isTerminal(os.Stdout), &b, os.Stdout))
 }
 
 // run samples until ctx ends (or once) and prints; its result is the exit
 // status.
-func run(ctx context.Context, src *source, vms []string, once bool, interval time.Duration, tty bool, out io.Writer) int {
+func run(ctx context.Context, src *source, vms []string, once bool, interval time.Duration, tty bool, b *banner, out io.Writer) int {
 	table := top.NewTable(vms)
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
@@ -82,8 +84,15 @@ func run(ctx context.Context, src *source, vms []string, once bool, interval tim
 			}
 			return 0
 		case tty:
-			fmt.Fprint(out, top.ClearScreen+strings.Join(table.Frame(samples), "\n")+"\n")
+			head := ""
+			if text, _ := b.read(); text != "" {
+				head = text + "\n\n"
+			}
+			fmt.Fprint(out, top.ClearScreen+head+strings.Join(table.Frame(samples), "\n")+"\n")
 		default:
+			if text, changed := b.read(); changed && text != "" {
+				fmt.Fprintln(out, "# "+text)
+			}
 			if lines := table.Changes(samples); len(lines) > 0 {
 				fmt.Fprintln(out, strings.Join(lines, "\n"))
 			}
@@ -94,6 +103,29 @@ func run(ctx context.Context, src *source, vms []string, once bool, interval tim
 		case <-tick.C:
 		}
 	}
+}
+
+// banner is the first line of a file, re-read at every sample; no file, or
+// an unreadable one, shows nothing.
+type banner struct {
+	path string
+	last string
+}
+
+// read returns the current line and whether it changed since the last read.
+func (b *banner) read() (string, bool) {
+	if b == nil || b.path == "" {
+		return "", false
+	}
+	raw, err := os.ReadFile(b.path)
+	if err != nil {
+		return "", false
+	}
+	line, _, _ := strings.Cut(string(raw), "\n")
+	line = strings.TrimSpace(line)
+	changed := line != b.last
+	b.last = line
+	return line, changed
 }
 
 // isTerminal reports whether f is a character device (a terminal), not a

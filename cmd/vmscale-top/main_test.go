@@ -76,7 +76,7 @@ func dropTime(out string) []string {
 func TestOnce(t *testing.T) {
 	src := testSource(t)
 	var out bytes.Buffer
-	code := run(context.Background(), src, []string{"up", "noexporter", "gone"}, true, time.Second, false, &out)
+	code := run(context.Background(), src, []string{"up", "noexporter", "gone"}, true, time.Second, false, nil, &out)
 	if code != 1 {
 		t.Errorf("exit status %d, want 1 (a VM could not be read)", code)
 	}
@@ -107,7 +107,7 @@ func TestLogMode(t *testing.T) {
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 350*time.Millisecond)
 	defer cancel()
-	if code := run(ctx, src, []string{"up"}, false, 50*time.Millisecond, false, &out); code != 0 {
+	if code := run(ctx, src, []string{"up"}, false, 50*time.Millisecond, false, nil, &out); code != 0 {
 		t.Errorf("exit status %d", code)
 	}
 	if got := dropTime(out.String()); len(got) != 2 || !strings.HasPrefix(got[1], "up  Running") || strings.ContainsRune(out.String(), '\x1b') {
@@ -121,8 +121,27 @@ func TestTerminalMode(t *testing.T) {
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Millisecond)
 	defer cancel()
-	run(ctx, src, []string{"up"}, false, 50*time.Millisecond, true, &out)
+	bannerPath := filepath.Join(t.TempDir(), "step")
+	os.WriteFile(bannerPath, []byte("step 2 of 3: load\nignored\n"), 0o644)
+	run(ctx, src, []string{"up"}, false, 50*time.Millisecond, true, &banner{path: bannerPath}, &out)
 	if n := strings.Count(out.String(), "\x1b[H\x1b[2J"); n < 2 {
 		t.Errorf("%d redraws in %q", n, out.String())
+	}
+	if n := strings.Count(out.String(), "\x1b[H\x1b[2Jstep 2 of 3: load\n\n"); n < 2 || strings.Contains(out.String(), "ignored") {
+		t.Errorf("the banner's first line is not above every redraw: %q", out.String())
+	}
+}
+
+// In a log the banner is printed once per change, as a comment line.
+func TestLogModeBanner(t *testing.T) {
+	src := testSource(t)
+	var out bytes.Buffer
+	path := filepath.Join(t.TempDir(), "step")
+	os.WriteFile(path, []byte("loading"), 0o644)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	run(ctx, src, []string{"up"}, false, 50*time.Millisecond, false, &banner{path: path}, &out)
+	if n := strings.Count(out.String(), "# loading\n"); n != 1 {
+		t.Errorf("banner printed %d times: %q", n, out.String())
 	}
 }
