@@ -337,13 +337,17 @@ func (e *Enforcer) recomputeLocked(key state.PodKey) {
 }
 
 // podForFilter is the accounting's view of any pod the scheduler shows,
-// known to the watch or not yet.
+// known to the watch or not yet. Only the watch places a pod: the
+// scheduler's copy names the node it assumed for the pod from the scheduling
+// cycle's Reserve on, before any binding, and the plugin's watch can trail
+// the scheduler's, so a pod first seen here is placed nowhere.
 func (e *Enforcer) podForFilterLocked(p *corev1.Pod) state.Pod {
 	key := state.PodKey{Namespace: p.Namespace, Name: p.Name}
 	if rec, ok := e.st.Pod(key); ok {
 		return rec
 	}
 	info, _ := vmpod.PodFromObject(p)
+	info.Node = ""
 	return e.recordLocked(info)
 }
 

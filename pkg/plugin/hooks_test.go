@@ -10,6 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/vmscale/vmscale/pkg/plugin/state"
 )
 
 // Fakes with just what the hooks read; anything else panics.
@@ -91,8 +93,21 @@ func TestHooks(t *testing.T) {
 	if n.CPU.Reserved != 1500 {
 		t.Fatalf("after Reserve: %d", n.CPU.Reserved)
 	}
-	if st := p.Reserve(ctx, nil, plainPod("a-pod", "1", "1Gi"), "n"); st.IsSuccess() {
-		t.Fatal("Reserve of a bound pod succeeded")
+	// A pod the watch shows bound here: a repeated attempt holds nothing more.
+	if st := p.Reserve(ctx, nil, plainPod("a-pod", "1", "1Gi"), "n"); !st.IsSuccess() {
+		t.Fatalf("Reserve of a pod bound to the same node: %v", st)
+	}
+	if n.CPU.Reserved != 1500 {
+		t.Fatalf("after a repeated Reserve: %d", n.CPU.Reserved)
+	}
+	// Bound elsewhere: refused, and the pod keeps its place.
+	f.node("m", 2000, 8*gi)
+	if st := p.Reserve(ctx, nil, plainPod("a-pod", "1", "1Gi"), "m"); st.IsSuccess() {
+		t.Fatal("Reserve on m of a pod bound to n succeeded")
+	}
+	p.Unreserve(ctx, nil, plainPod("a-pod", "1", "1Gi"), "m")
+	if m, _ := f.e.st.Node("m"); n.CPU.Reserved != 1500 || m.CPU.Reserved != 0 {
+		t.Fatalf("after a refused Reserve: n %d, m %d", n.CPU.Reserved, m.CPU.Reserved)
 	}
 	p.Unreserve(ctx, nil, pod, "n")
 	if n.CPU.Reserved != 1000 {
@@ -142,5 +157,47 @@ func TestLoadConfigFromArgs(t *testing.T) {
 	// No args: the file at the default path, which does not exist here.
 	if _, err := loadConfig(nil); err == nil {
 		t.Fatal("missing config file accepted")
+	}
+}
+
+// The scheduler calls Reserve with its assumed copy of the pod, whose
+// spec.nodeName already names the node, and the plugin's watch can trail
+// the scheduler's: such a pod is new to the plugin, not bound.
+func TestReserveBeforeTheWatchSeesThePod(t *testing.T) {
+	f := newFixture(t, true)
+	f.node("n", 2000, 8*gi)
+	p := &AutoscaleEnforcer{e: f.e, cfg: testConfig(), log: logr.Discard()}
+	ctx := context.Background()
+	n, _ := f.e.st.Node("n")
+	assumed := func(name string) *corev1.Pod {
+		pod := plainPod(name, "500m", "1Gi")
+		pod.Spec.NodeName = "n"
+		return pod
+	}
+
+	if st := p.Reserve(ctx, nil, assumed("x"), "n"); !st.IsSuccess() {
+		t.Fatalf("Reserve of a pod the watch has not shown: %v", st)
+	}
+	if n.CPU.Reserved != 500 {
+		t.Fatalf("after Reserve: %d", n.CPU.Reserved)
+	}
+	// The watch catches up: the pod pending (its metadata re-synced), then
+	// bound.
+	f.e.OnPod(plainPod("x", "500m", "1Gi"))
+	if rec, _ := f.e.st.Pod(state.PodKey{Namespace: "ns", Name: "x"}); rec.Node != "n" || !rec.Tentative || n.CPU.Reserved != 500 {
+		t.Fatalf("pending pod seen: %+v, node holds %d", rec, n.CPU.Reserved)
+	}
+	f.e.OnPod(assumed("x"))
+	if rec, _ := f.e.st.Pod(state.PodKey{Namespace: "ns", Name: "x"}); rec.Node != "n" || rec.Tentative || n.CPU.Reserved != 500 {
+		t.Fatalf("binding seen: %+v, node holds %d", rec, n.CPU.Reserved)
+	}
+
+	// An attempt that fails before the watch shows the pod leaves nothing.
+	if st := p.Reserve(ctx, nil, assumed("y"), "n"); !st.IsSuccess() {
+		t.Fatal(st)
+	}
+	p.Unreserve(ctx, nil, assumed("y"), "n")
+	if _, known := f.e.st.Pod(state.PodKey{Namespace: "ns", Name: "y"}); known || n.CPU.Reserved != 500 {
+		t.Fatalf("after Unreserve: known=%v, node holds %d", known, n.CPU.Reserved)
 	}
 }

@@ -161,26 +161,25 @@ func (p *AutoscaleEnforcer) NormalizeScore(_ context.Context, _ fwk.CycleState, 
 }
 
 // Reserve holds the pod's reservation on the chosen node until its binding
-// shows up. It never refuses (the scheduler decided); a node left over
-// budget is counted in a metric.
+// shows up. It never refuses a placement (the scheduler decided; a node left
+// over budget is counted in a metric), only a pod the watch has already
+// seen bound to another node. A pod already bound to this node is a repeated
+// attempt for a placement that happened, and holds nothing more.
 func (p *AutoscaleEnforcer) Reserve(_ context.Context, _ fwk.CycleState, pod *corev1.Pod, nodeName string) *fwk.Status {
 	e := p.e
 	if e.cfg.Ignored(pod.Namespace) {
 		return nil
 	}
 	e.mu.Lock()
-	rec := e.podForFilterLocked(pod)
-	if rec.Node != "" && !rec.Tentative {
-		e.mu.Unlock()
-		return fwk.AsStatus(fmt.Errorf("pod %s/%s reserved twice (already on %s)", pod.Namespace, pod.Name, rec.Node))
-	}
-	rec.Node, rec.Tentative = nodeName, true
-	e.st.SetPod(rec)
+	err := e.st.Reserve(e.podForFilterLocked(pod), nodeName)
 	over := false
 	if n, ok := e.st.Node(nodeName); ok {
 		over = n.OverBudget()
 	}
 	e.mu.Unlock()
+	if err != nil {
+		return fwk.AsStatus(err)
+	}
 	if over {
 		e.metrics.reserveOverBudget()
 		p.log.Info("reserved a pod on a node now over budget", "pod", pod.Namespace+"/"+pod.Name, "node", nodeName)
@@ -189,22 +188,17 @@ func (p *AutoscaleEnforcer) Reserve(_ context.Context, _ fwk.CycleState, pod *co
 	return nil
 }
 
-// Unreserve drops a tentative reservation.
+// Unreserve drops a tentative reservation on nodeName; a pod the watch has
+// not shown is forgotten altogether.
 func (p *AutoscaleEnforcer) Unreserve(_ context.Context, _ fwk.CycleState, pod *corev1.Pod, nodeName string) {
 	e := p.e
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	key := state.PodKey{Namespace: pod.Namespace, Name: pod.Name}
-	rec, ok := e.st.Pod(key)
-	if !ok || !rec.Tentative || rec.Node != nodeName {
-		return
+	_, watched := e.pods[key]
+	if e.st.Unreserve(key, nodeName, !watched) {
+		e.queue.Add("node/" + nodeName)
 	}
-	if _, watched := e.pods[key]; !watched {
-		e.st.RemovePod(key)
-		return
-	}
-	rec.Node, rec.Tentative = "", false
-	e.st.SetPod(rec)
 }
 
 // PostFilter only counts pods that fit nowhere.
