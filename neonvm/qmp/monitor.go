@@ -162,6 +162,11 @@ func (m *socketMonitor) run(ctx context.Context, command []byte) ([]byte, error)
 		return nil, fmt.Errorf("connection closed: %v", m.readErr)
 	default:
 	}
+	// A context that has already ended sends nothing (otherwise the select
+	// below could take a fast reply over ctx.Done: either is ready).
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if _, err := m.conn.Write(append(command, '\n')); err != nil {
 		return nil, err
 	}

@@ -249,6 +249,11 @@ func TestMigrationThatCannotStart(t *testing.T) {
 		}
 		return string(m.Status.Phase), meta.FindStatusCondition(m.Status.Conditions, "Ready")
 	}
+	// The VM first: a migration reconciled before its VM exists fails
+	// (VMNotFound), which is the other case.
+	if err := k8sClient.Create(ctx, smallVM(ns, "db")); err != nil {
+		t.Fatal(err)
+	}
 	for _, m := range []*vmv1.VirtualMachineMigration{
 		{ObjectMeta: metav1.ObjectMeta{Name: "to-nowhere", Namespace: ns}, Spec: vmv1.VirtualMachineMigrationSpec{VMName: "nope"}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "too-early", Namespace: ns}, Spec: vmv1.VirtualMachineMigrationSpec{VMName: "db"}},
@@ -256,9 +261,6 @@ func TestMigrationThatCannotStart(t *testing.T) {
 		if err := k8sClient.Create(ctx, m); err != nil {
 			t.Fatal(err)
 		}
-	}
-	if err := k8sClient.Create(ctx, smallVM(ns, "db")); err != nil {
-		t.Fatal(err)
 	}
 	poll.Until(t, 30*time.Second, 100*time.Millisecond, "unknown VM fails the migration", func() error {
 		phase, c := cond("to-nowhere")
