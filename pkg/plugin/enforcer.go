@@ -331,7 +331,10 @@ func (e *Enforcer) recomputeLocked(key state.PodKey) {
 	if known && old.Node != "" && (old.Node != rec.Node || rec.Reserved.AnyAbove(old.Reserved) || old.Reserved.AnyAbove(rec.Reserved)) {
 		e.queue.Add("node/" + old.Node)
 	}
-	if rec.Node != "" && rec.Node != old.Node {
+	// A new placement, or a tentative one confirmed by its binding (only a
+	// confirmed pod may be migrated away: the node's watermark check must
+	// run again).
+	if rec.Node != "" && (rec.Node != old.Node || old.Tentative != rec.Tentative) {
 		e.queue.Add("node/" + rec.Node)
 	}
 }
