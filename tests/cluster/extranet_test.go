@@ -76,6 +76,24 @@ type session struct {
 	done     chan struct{}
 }
 
+// count is the number of answers so far.
+func (s *session) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.answers
+}
+
+// waitAnswers polls until the session has answered n more times than from.
+func (s *session) waitAnswers(t testing.TB, from, n int, what string) {
+	t.Helper()
+	poll(t, time.Minute, what, func() error {
+		if got := s.count() - from; got < n {
+			return fmt.Errorf("%d of %d answers", got, n)
+		}
+		return nil
+	})
+}
+
 func holdSession(t testing.TB, ip string, interval time.Duration) *session {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -144,7 +162,7 @@ func (s *session) close() {
 func migrateWithSession(t testing.TB, ns, vm, migration, ip string) (*session, vmmStatus) {
 	t.Helper()
 	s := holdSession(t, ip, 100*time.Millisecond)
-	time.Sleep(2 * time.Second) // a baseline of answers before the move
+	s.waitAnswers(t, 0, 20, "a baseline of answers before the move")
 	createMigration(t, ns, migration, vm, "")
 	m := waitVMM(t, ns, migration, 8*time.Minute, "migration Succeeded", func(st vmmStatus) error {
 		if st.Phase == "Failed" {
@@ -168,7 +186,7 @@ func migrateWithSession(t testing.TB, ns, vm, migration, ip string) (*session, v
 		}
 		return nil
 	})
-	time.Sleep(3 * time.Second)
+	s.waitAnswers(t, s.count(), 20, "answers after the source pod is gone")
 	s.close()
 	return s, m
 }
