@@ -19,27 +19,18 @@ import (
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/guestexec"
 	"github.com/vmscale/vmscale/neonvm/runner"
+	"github.com/vmscale/vmscale/tests/testbin"
 )
-
-var runnerBin string
 
 func buildRunner(t *testing.T) string {
 	t.Helper()
-	if runnerBin != "" {
-		return runnerBin
-	}
-	dir, err := os.MkdirTemp("", "neonvm-runner-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "neonvm-runner")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/neonvm-runner")
-	cmd.Dir = repoRoot()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build neonvm-runner: %v\n%s", err, out)
-	}
-	runnerBin = bin
-	return bin
+	return testbin.Build(t, repoRoot(), "./cmd/neonvm-runner")
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testbin.Cleanup()
+	os.Exit(code)
 }
 
 func testSpec() vmv1.VirtualMachineSpec {

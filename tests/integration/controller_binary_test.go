@@ -18,6 +18,8 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/vmscale/vmscale/tests/testbin"
 )
 
 // The real neonvm-controller binary, in self-signed mode, against the real
@@ -121,25 +123,9 @@ func TestControllerBinaryRejectsBadFlags(t *testing.T) {
 	}
 }
 
-var controllerBin string
-
 func buildController(t *testing.T) string {
 	t.Helper()
-	if controllerBin != "" {
-		return controllerBin
-	}
-	dir, err := os.MkdirTemp("", "neonvm-controller-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "neonvm-controller")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/neonvm-controller")
-	cmd.Dir = repoRoot
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build neonvm-controller: %v\n%s", err, out)
-	}
-	controllerBin = bin
-	return bin
+	return testbin.Build(t, repoRoot, "./cmd/neonvm-controller")
 }
 
 func adminKubeconfig(t *testing.T) string {

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -32,38 +31,15 @@ import (
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/podspec"
 	"github.com/vmscale/vmscale/pkg/api"
+	"github.com/vmscale/vmscale/tests/testbin"
 )
 
 const schedulerName = "autoscale-scheduler"
 
-var (
-	schedulerBinOnce sync.Once
-	schedulerBin     string
-	schedulerBinErr  error
-)
-
 // buildScheduler builds cmd/autoscale-scheduler once per test run.
 func buildScheduler(t *testing.T) string {
 	t.Helper()
-	schedulerBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "autoscale-scheduler-")
-		if err != nil {
-			schedulerBinErr = err
-			return
-		}
-		bin := filepath.Join(dir, "autoscale-scheduler")
-		cmd := exec.Command("go", "build", "-o", bin, "./cmd/autoscale-scheduler")
-		cmd.Dir = repoRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			schedulerBinErr = fmt.Errorf("build autoscale-scheduler: %v\n%s", err, out)
-			return
-		}
-		schedulerBin = bin
-	})
-	if schedulerBinErr != nil {
-		t.Fatal(schedulerBinErr)
-	}
-	return schedulerBin
+	return testbin.Build(t, repoRoot, "./cmd/autoscale-scheduler")
 }
 
 // scheduler is a running autoscale-scheduler process.

@@ -35,6 +35,7 @@ import (
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/controllers"
 	"github.com/vmscale/vmscale/neonvm/podspec"
+	"github.com/vmscale/vmscale/tests/testbin"
 )
 
 const repoRoot = "../.."
@@ -61,6 +62,7 @@ func TestMain(m *testing.M) {
 }
 
 func runSuite(m *testing.M) int {
+	defer testbin.Cleanup()
 	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapLevel())))
 	must(clientgoscheme.AddToScheme(scheme))
 	must(vmv1.AddToScheme(scheme))
