@@ -170,13 +170,18 @@ func optBytes(b *api.Bytes) string {
 func resources(r api.Resources) string { return CPU(r.VCPU) + "/" + Bytes(r.Mem) }
 
 // scaling is the LATENCY cell: "up 2s" once reached, "up >5s" while the
-// controller has not reached the target yet.
+// controller has not reached the target yet. The revisions' timestamps
+// have whole seconds (metav1.Time), so a step reached within the second
+// it was asked for shows as "<1s".
 func scaling(s Scaling) string {
 	if !s.Known {
 		return "-"
 	}
 	d := strconv.FormatInt(int64(s.Took/time.Second), 10) + "s"
-	if s.Took < time.Second && s.Took > 0 {
+	switch {
+	case s.Done && s.Took < time.Second:
+		d = "<1s"
+	case s.Took < time.Second && s.Took > 0:
 		d = strconv.FormatInt(s.Took.Milliseconds(), 10) + "ms"
 	}
 	if !s.Done {

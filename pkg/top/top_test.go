@@ -85,7 +85,7 @@ func TestRow(t *testing.T) {
 				v.Status.CurrentRevision = revision(7, vmv1.RevisionFlagDownscale, t0.Add(-3*time.Second))
 			}),
 			load: func(s *Sample) { s.SetLoad(0.4, nil) },
-			want: "18:30:05  pg-1  Running       0.5/0.5    1.5Gi/1.5Gi  0.40   0.5/1.5Gi   down 0s    1         node-a      asked 2/2Gi",
+			want: "18:30:05  pg-1  Running       0.5/0.5    1.5Gi/1.5Gi  0.40   0.5/1.5Gi   down <1s   1         node-a      asked 2/2Gi",
 		},
 		{
 			name: "scrape failed and a bad annotation: both in the note, cut to maxNote",
