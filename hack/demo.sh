@@ -23,12 +23,12 @@ load_seconds="${DEMO_LOAD_SECONDS:-150}"
 start=$SECONDS
 step() { log "== $* ($((SECONDS - start))s)"; }
 
-step "1/5 installing what is missing (cached in $VMSCALE_CACHE)"
+step "1/5 installing what is missing (cached in $VMSCALE_CACHE; first time: builds Kubernetes from source, ~7 min)"
 hack/k8s-binaries.sh >/dev/null
 hack/qemu.sh >/dev/null
 hack/postgres.sh >/dev/null # psql and pgbench, to load the VM from here
 
-step "2/5 the local two-node cluster (first time: builds Kubernetes, the guest and the images; ~20 min)"
+step "2/5 the local two-node cluster (first time: builds the guest and the images, ~8 min)"
 hack/local-cluster/cluster.sh up >/dev/null
 export KUBECONFIG="$VMSCALE_CACHE/local-cluster/kubeconfig"
 

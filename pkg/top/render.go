@@ -171,21 +171,24 @@ func resources(r api.Resources) string { return CPU(r.VCPU) + "/" + Bytes(r.Mem)
 
 // scaling is the LATENCY cell: "up 2s" once reached, "up >5s" while the
 // controller has not reached the target yet. The revisions' timestamps
-// have whole seconds (metav1.Time), so a step reached within the second
-// it was asked for shows as "<1s".
+// have whole seconds (metav1.Time), so the cell does too: a step reached
+// within the second it was asked for shows as "<1s", one asked for less
+// than a second ago as "…".
 func scaling(s Scaling) string {
 	if !s.Known {
 		return "-"
 	}
-	d := strconv.FormatInt(int64(s.Took/time.Second), 10) + "s"
+	secs := strconv.FormatInt(int64(s.Took/time.Second), 10) + "s"
+	var d string
 	switch {
 	case s.Done && s.Took < time.Second:
 		d = "<1s"
-	case s.Took < time.Second && s.Took > 0:
-		d = strconv.FormatInt(s.Took.Milliseconds(), 10) + "ms"
-	}
-	if !s.Done {
-		d = ">" + d
+	case s.Done:
+		d = secs
+	case s.Took < time.Second:
+		d = "…"
+	default:
+		d = ">" + secs
 	}
 	if s.Direction == "" {
 		return d

@@ -215,7 +215,20 @@ func TestScalingOf(t *testing.T) {
 			t.Errorf("%s: got %+v, want %+v", c.name, got, c.want)
 		}
 	}
-	if got := scaling(Scaling{Known: true, Done: true, Took: 2 * time.Second}); got != "2s" {
-		t.Errorf("no direction: %q", got)
+	// The cell has the timestamps' whole seconds, and no made-up fraction.
+	for _, c := range []struct {
+		s    Scaling
+		want string
+	}{
+		{Scaling{Known: true, Done: true, Took: 2 * time.Second}, "2s"},
+		{Scaling{Known: true, Direction: "up", Done: true}, "up <1s"},
+		{Scaling{Known: true, Direction: "up", Done: true, Took: 1500 * time.Millisecond}, "up 1s"},
+		{Scaling{Known: true, Direction: "down", Took: 953 * time.Millisecond}, "down …"},
+		{Scaling{Known: true, Direction: "down", Took: 4200 * time.Millisecond}, "down >4s"},
+		{Scaling{}, "-"},
+	} {
+		if got := scaling(c.s); got != c.want {
+			t.Errorf("scaling(%+v) = %q, want %q", c.s, got, c.want)
+		}
 	}
 }
