@@ -47,7 +47,9 @@ wait_for() {
 		if (( SECONDS - start >= limit )); then
 			die "$what: not ready after ${limit}s: $out"
 		fi
-		(( (SECONDS - start) % 15 == 0 )) && log "$what: waiting ($((SECONDS - start))s): ${out##*$'\n'}"
+		# A first failure is expected (the rollout has just begun): report
+		# only what persists, every 15 s.
+		(( SECONDS - start > 0 && (SECONDS - start) % 15 == 0 )) && log "$what: waiting ($((SECONDS - start))s): ${out##*$'\n'}"
 		sleep 1
 	done
 	log "$what: ready ($((SECONDS - start))s)"
