@@ -113,6 +113,11 @@ func SysfsCurrent(online, last vmv1.MilliCPU) vmv1.MilliCPU {
 	return online
 }
 
+// ReadyTimeout bounds /ready: under the kubelet's default probe timeout
+// (1 s), so a guest still booting gets a 503 that says so, not a probe
+// timed out on the kubelet's side ("context deadline exceeded").
+const ReadyTimeout = 900 * time.Millisecond
+
 // daemonStatus maps a failure to reach neonvm-daemon to the runner API's
 // answer: 504 on a timeout, 502 otherwise (as NeonVM's runner does).
 func daemonStatus(err error) int {
@@ -127,9 +132,12 @@ func daemonStatus(err error) int {
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 4*time.Second)
+		ctx, cancel := context.WithTimeout(r.Context(), ReadyTimeout)
 		defer cancel()
 		if err := a.checkReady(ctx); err != nil {
+			if ctx.Err() != nil {
+				err = fmt.Errorf("the guest did not answer within %v (still booting?): %w", ReadyTimeout, err)
+			}
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/resource"
 
@@ -229,5 +230,36 @@ func TestMigrationTargetDevices(t *testing.T) {
 	}
 	if cores, mem := MigrationTargetDevices(vm, vmv1.VirtualMachineStatus{}); cores != nil || mem != 0 {
 		t.Errorf("no status: %v %d", cores, mem)
+	}
+}
+
+// /ready answers within the kubelet's probe timeout even when the guest's
+// daemon does not (a guest still booting): 503, saying why.
+func TestReadyBoundedWhileGuestBoots(t *testing.T) {
+	hang := make(chan struct{})
+	defer close(hang)
+	daemonSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	defer daemonSrv.Close()
+	spec := &vmv1.VirtualMachineSpec{Guest: vmv1.Guest{CPUs: vmv1.CPUs{Min: 1000, Max: 4000, Use: 1000}}}
+	api := httptest.NewServer(NewAPI(spec, vmv1.CPUScalingModeSysfs, nil, strings.TrimPrefix(daemonSrv.URL, "http://")).Handler())
+	defer api.Close()
+
+	start := time.Now()
+	resp, err := (&http.Client{Timeout: time.Second}).Get(api.URL + "/ready")
+	if err != nil {
+		t.Fatalf("GET /ready within the kubelet's 1 s: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "still booting") {
+		t.Fatalf("GET /ready = %d %q, want 503 saying the guest is still booting", resp.StatusCode, body)
+	}
+	if took := time.Since(start); took < ReadyTimeout {
+		t.Fatalf("answered in %v, before its own bound %v", took, ReadyTimeout)
 	}
 }
