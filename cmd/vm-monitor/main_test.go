@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/vmscale/vmscale/pkg/api"
 	"github.com/vmscale/vmscale/tests/poll"
+	"github.com/vmscale/vmscale/tests/testbin"
 )
 
 const mib = 1 << 20
@@ -213,12 +213,7 @@ func write(t *testing.T, path, s string) {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return fmt.Sprintf("127.0.0.1:%d", testbin.FreePort(t))
 }
 
 // syncBuffer collects a process's stderr.

@@ -8,7 +8,6 @@ import (
 	"context"
 	"fmt"
 	testpoll "github.com/vmscale/vmscale/tests/poll"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +24,7 @@ import (
 	"github.com/vmscale/vmscale/neonvm/guestexec"
 	"github.com/vmscale/vmscale/neonvm/qemu"
 	"github.com/vmscale/vmscale/neonvm/qmp"
+	"github.com/vmscale/vmscale/tests/testbin"
 )
 
 func repoRoot() string {
@@ -55,12 +55,7 @@ func guestImage(t testing.TB) string {
 
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return testbin.FreePort(t)
 }
 
 // VM is a running test guest.
