@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -392,6 +393,19 @@ func TestAgentScalesVMUpAndDown(t *testing.T) {
 	eventually(t, 30*time.Second, "plugin told of the downscale", func() error {
 		if a := getVM(t, ns, "vm").Annotations[vmpod.ApprovedAnnotation]; a != `{"vCPUs":"250m","mem":"1Gi"}` {
 			return fmt.Errorf("approval %s", a)
+		}
+		return nil
+	})
+
+	// The downscale is complete once the agent has seen the status reach
+	// its revision; the runner stops below, so this must come first.
+	eventually(t, 30*time.Second, "the agent saw the downscale in the VM's status", func() error {
+		var m dto.Metric
+		if err := metrics.ScalingPhase.WithLabelValues("down", "status").(prometheus.Histogram).Write(&m); err != nil {
+			return err
+		}
+		if m.Histogram.GetSampleCount() == 0 {
+			return errors.New("no down/status latency yet")
 		}
 		return nil
 	})
