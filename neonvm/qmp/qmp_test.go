@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmscale/vmscale/tests/testbin"
 )
 
 // These tests drive a real QEMU (TCG, no guest: firmware only, paused with
@@ -34,21 +35,11 @@ func qemuBinary(t *testing.T) string {
 	return strings.TrimSpace(string(out))
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // startQEMU runs QEMU with QMP on a free loopback port and returns a
 // connected client.
 func startQEMU(t *testing.T, extra ...string) *Client {
 	t.Helper()
-	port := freePort(t)
+	port := testbin.FreePort(t)
 	args := append([]string{
 		"-machine", "q35", "-accel", "tcg,tb-size=32", "-cpu", "max", "-nodefaults", "-nographic", "-S",
 		"-smp", "cpus=1,maxcpus=4,sockets=1,cores=4,threads=1",
@@ -209,7 +200,7 @@ func TestExpiredContextClosesTheClient(t *testing.T) {
 }
 
 func TestLiveMigration(t *testing.T) {
-	migPort := freePort(t)
+	migPort := testbin.FreePort(t)
 	src := startQEMU(t)
 	dst := startQEMU(t, "-incoming", fmt.Sprintf("tcp:127.0.0.1:%d", migPort))
 	// The target must have the source's hot-plugged vCPUs before the stream

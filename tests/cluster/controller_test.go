@@ -27,20 +27,17 @@ type controllerProc struct {
 	log     *syncBuffer
 }
 
+// buildController builds cmd/neonvm-controller once per test run.
 func buildController(t testing.TB) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "neonvm-controller")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/neonvm-controller")
-	cmd.Dir = repoRoot()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build neonvm-controller: %v\n%s", err, out)
-	}
-	return bin
+	return testbin.Build(t, repoRoot(), "./cmd/neonvm-controller")
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	return testbin.FreePort(t)
+// TestMain removes the binaries the tests built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testbin.Cleanup()
+	os.Exit(code)
 }
 
 // startController runs the controller as the local cluster's deployment
@@ -51,9 +48,9 @@ func freePort(t testing.TB) int {
 func startController(t testing.TB, bin string, extraArgs ...string) *controllerProc {
 	t.Helper()
 	checkNotDeployed(t)
-	p := &controllerProc{bin: bin, metrics: fmt.Sprintf("127.0.0.1:%d", freePort(t)), log: &syncBuffer{}}
+	p := &controllerProc{bin: bin, metrics: fmt.Sprintf("127.0.0.1:%d", testbin.FreePort(t)), log: &syncBuffer{}}
 	args := append([]string{"--kubeconfig=" + kubeconfig, "--enable-webhooks=false",
-		"--metrics-bind-address=" + p.metrics, fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", freePort(t)),
+		"--metrics-bind-address=" + p.metrics, fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", testbin.FreePort(t)),
 		"--runner-image=" + Image(t, "neonvm-runner"), "--runner-privileged", "--default-cpu-scaling-mode=SysfsScaling",
 		"--concurrency-limit=4"}, extraArgs...)
 	p.cmd = exec.Command(bin, args...)

@@ -18,6 +18,7 @@ import (
 	"github.com/vmscale/vmscale/pkg/monitor/cgroup"
 	"github.com/vmscale/vmscale/pkg/monitor/filecache"
 	"github.com/vmscale/vmscale/pkg/monitor/pressure"
+	"github.com/vmscale/vmscale/tests/testbin"
 )
 
 const monMiB = 1 << 20
@@ -28,7 +29,7 @@ const monMiB = 1 << 20
 // UpscaleRequest; a downscale below what is in use is denied with the
 // spec's reason, one above it approved; effective_cache_size follows.
 func TestMonitorInGuest(t *testing.T) {
-	pgPort, monPort := freePort(t), freePort(t)
+	pgPort, monPort := testbin.FreePort(t), testbin.FreePort(t)
 	p := startRunner(t, testSpec(), "-forward", fmt.Sprintf("127.0.0.1:%d=5432,127.0.0.1:%d=10301", pgPort, monPort))
 	p.waitReady(t, "runner /ready")
 	poll(t, bootTimeout, "Postgres in the guest", func() error {

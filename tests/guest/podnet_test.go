@@ -15,6 +15,7 @@ import (
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/runner"
+	"github.com/vmscale/vmscale/tests/testbin"
 )
 
 // The runner pod's guest network, with the runner in a network namespace of
@@ -61,7 +62,7 @@ func TestRunnerPodNetwork(t *testing.T) {
 	spec := testSpec()
 	spec.Disks = nil
 	spec.Guest.Ports = []vmv1.Port{{Name: "postgres", Port: 5432}}
-	spec.QMP, spec.QMPManual = int32(freePort(t)), int32(freePort(t))
+	spec.QMP, spec.QMPManual = int32(testbin.FreePort(t)), int32(testbin.FreePort(t))
 	enc, err := runner.EncodeSpec(spec)
 	if err != nil {
 		t.Fatal(err)

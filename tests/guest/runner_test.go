@@ -58,19 +58,19 @@ func startRunner(t *testing.T, spec vmv1.VirtualMachineSpec, extra ...string) *r
 	t.Helper()
 	img := guestImage(t)
 	dir := t.TempDir()
-	spec.QMP, spec.QMPManual = int32(freePort(t)), int32(freePort(t))
+	spec.QMP, spec.QMPManual = int32(testbin.FreePort(t)), int32(testbin.FreePort(t))
 	enc, err := runner.EncodeSpec(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := &runnerProc{out: &syncBuf{}, exited: make(chan error, 1),
-		api: fmt.Sprintf("127.0.0.1:%d", freePort(t)), run: filepath.Join(dir, "run")}
+		api: fmt.Sprintf("127.0.0.1:%d", testbin.FreePort(t)), run: filepath.Join(dir, "run")}
 	args := append([]string{
 		"-vmspec", enc, "-accel", "tcg", "-qmp-host", "127.0.0.1",
 		"-kernelpath", filepath.Join(img, "vmlinux"), "-initrd", filepath.Join(img, "initrd.img"),
 		"-rootdisk", filepath.Join(img, "disk.qcow2"), "-images-dir", filepath.Join(dir, "images"),
 		"-run-dir", p.run, "-http-addr", p.api,
-		"-forward", fmt.Sprintf("127.0.0.1:%d=5432", freePort(t)),
+		"-forward", fmt.Sprintf("127.0.0.1:%d=5432", testbin.FreePort(t)),
 	}, extra...)
 	p.cmd = exec.Command(buildRunner(t), args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
@@ -270,7 +270,7 @@ func (b *syncBuf) String() string {
 // /cpu_change onlines and offlines them through neonvm-daemon — as many
 // times as needed, which QMP hotplug cannot do under TCG here.
 func TestRunnerSysfsScaling(t *testing.T) {
-	daemonPort := freePort(t)
+	daemonPort := testbin.FreePort(t)
 	spec := testSpec()
 	spec.Disks = nil
 	p := startRunner(t, spec, "-cpu-scaling-mode", "SysfsScaling",

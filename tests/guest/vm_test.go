@@ -53,11 +53,6 @@ func guestImage(t testing.TB) string {
 	return imageDir
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	return testbin.FreePort(t)
-}
-
 // VM is a running test guest.
 type VM struct {
 	QMP      *qmp.Client
@@ -82,9 +77,9 @@ func bootVM(t testing.TB, cpus vmv1.CPUs, slots vmv1.MemorySlots) *VM {
 	}
 	vmObj := &vmv1.VirtualMachine{}
 	vmObj.Name = "test"
-	vmObj.Spec.QMP, vmObj.Spec.QMPManual = int32(freePort(t)), int32(freePort(t))
+	vmObj.Spec.QMP, vmObj.Spec.QMPManual = int32(testbin.FreePort(t)), int32(testbin.FreePort(t))
 	vmObj.Spec.Guest = vmv1.Guest{CPUs: cpus, MemorySlotSize: resource.MustParse("256Mi"), MemorySlots: slots}
-	vm := &VM{Exec: filepath.Join(dir, "exec.sock"), PGPort: freePort(t), Metrics: freePort(t), Console: &bytes.Buffer{}, exited: make(chan struct{})}
+	vm := &VM{Exec: filepath.Join(dir, "exec.sock"), PGPort: testbin.FreePort(t), Metrics: testbin.FreePort(t), Console: &bytes.Buffer{}, exited: make(chan struct{})}
 	qc, err := qemu.Build(vmObj, qemu.Config{
 		Accel:        qemu.AccelTCG,
 		QMPHost:      "127.0.0.1",

@@ -48,14 +48,14 @@ func TestControllerBinarySelfSigned(t *testing.T) {
 	t.Cleanup(func() { _ = k8sClient.Delete(context.Background(), mwc) })
 
 	certDir := t.TempDir()
-	probePort, metricsPort := freePort(t), freePort(t)
+	probePort, metricsPort := testbin.FreePort(t), testbin.FreePort(t)
 	var logs bytes.Buffer
 	cmd := exec.Command(bin,
 		"--kubeconfig="+kubeconfig,
 		"--webhook-self-signed",
 		"--runner-image=vmscale/neonvm-runner:test",
 		"--webhook-cert-dir="+certDir,
-		fmt.Sprintf("--webhook-port=%d", freePort(t)),
+		fmt.Sprintf("--webhook-port=%d", testbin.FreePort(t)),
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort),
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
 		"--webhook-configurations=binary-test",

@@ -133,12 +133,12 @@ func schedulerKubeconfig(t *testing.T) string {
 
 func startScheduler(t *testing.T) *scheduler {
 	t.Helper()
-	permitPort, metricsPort := freePort(t), freePort(t)
+	permitPort, metricsPort := testbin.FreePort(t), testbin.FreePort(t)
 	s := &scheduler{t: t, configPath: schedulerConfig(t, permitPort, metricsPort),
 		permitURL:  fmt.Sprintf("http://127.0.0.1:%d/", permitPort),
 		metricsURL: fmt.Sprintf("http://127.0.0.1:%d", metricsPort)}
 	if os.Getenv("VMSCALE_PLUGIN_BENCH_PPROF") != "" {
-		s.debugPort = freePort(t)
+		s.debugPort = testbin.FreePort(t)
 	}
 	s.logPath = filepath.Join(t.TempDir(), "scheduler.log")
 	s.start()

@@ -37,7 +37,7 @@ func TestSelfSignedWebhookCertificate(t *testing.T) {
 	if err := bundle.Write(certDir); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
+	port := testbin.FreePort(t)
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:        scheme,
 		Metrics:       metricsserver.Options{BindAddress: "0"},
@@ -114,9 +114,4 @@ func TestSelfSignedWebhookCertificate(t *testing.T) {
 		}
 		return nil
 	})
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	return testbin.FreePort(t)
 }

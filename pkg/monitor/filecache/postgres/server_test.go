@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -14,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/vmscale/vmscale/tests/testbin"
 )
 
 // pgServer is a throwaway PostgreSQL server on a loopback port, run as the
@@ -85,7 +86,7 @@ func startPostgres(t *testing.T, extraConf ...string) *pgServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.port = freePort(t)
+	s.port = testbin.FreePort(t)
 	s.pgctl(t, "start")
 	t.Cleanup(func() { s.run(t, "pg_ctl", "-D", s.data, "-m", "immediate", "-w", "stop") })
 	return s
@@ -116,16 +117,6 @@ func (s *pgServer) pgctl(t *testing.T, action string) {
 // connstr is like the one compute_ctl gives the monitor.
 func (s *pgServer) connstr() string {
 	return fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres user=postgres sslmode=disable application_name=vm-monitor", s.port)
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // setting reads a setting's value in bytes on a fresh connection, as
