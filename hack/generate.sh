@@ -24,7 +24,7 @@ fi
 "${tools[@]}" controller-gen object:headerFile=hack/boilerplate.go.txt paths=./api/... \
 	output:object:dir="$out/api/v1"
 "${tools[@]}" controller-gen crd webhook rbac:roleName=neonvm-controller \
-	paths=./api/... paths=./controllers/... paths=./pkg/... paths=./cmd/... \
+	paths=./api/... paths=./internal/... paths=./neonvm/... paths=./pkg/... paths=./cmd/... \
 	output:crd:dir="$out/config/crd/bases" \
 	output:webhook:dir="$out/config/webhook" \
 	output:rbac:dir="$out/config/rbac"

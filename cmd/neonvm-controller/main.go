@@ -22,9 +22,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
-	"github.com/vmscale/vmscale/controllers"
+	webhookv1 "github.com/vmscale/vmscale/internal/webhook/v1"
+	"github.com/vmscale/vmscale/neonvm/controllers"
+	"github.com/vmscale/vmscale/neonvm/controllers/webhookcert"
 	"github.com/vmscale/vmscale/neonvm/podspec"
-	"github.com/vmscale/vmscale/pkg/webhookcert"
 )
 
 type runConfig struct {
@@ -92,7 +93,7 @@ func run(ctx context.Context, cfg runConfig) error {
 	if mode != vmv1.CPUScalingModeQMP && mode != vmv1.CPUScalingModeSysfs {
 		return fmt.Errorf("--default-cpu-scaling-mode: %q is neither %s nor %s", mode, vmv1.CPUScalingModeQMP, vmv1.CPUScalingModeSysfs)
 	}
-	skip, err := vmv1.ParseSkipList(cfg.skipUpdateValidation)
+	skip, err := webhookv1.ParseSkipList(cfg.skipUpdateValidation)
 	if err != nil {
 		return err
 	}
@@ -138,7 +139,7 @@ func run(ctx context.Context, cfg runConfig) error {
 
 	recorder := mgr.GetEventRecorder("neonvm-controller")
 	if cfg.enableWebhooks {
-		if err := vmv1.SetupWebhooksWithManager(mgr, vmv1.WebhookConfig{
+		if err := webhookv1.SetupWebhooksWithManager(mgr, webhookv1.WebhookConfig{
 			DefaultCPUScalingMode:   mode,
 			SkipUpdateValidationFor: skip,
 			Recorder:                recorder,

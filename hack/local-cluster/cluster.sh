@@ -249,8 +249,8 @@ setup_overlay() {
 install_cni_plugins() {
 	local out="$VMSCALE_CACHE/cni/vmscale-netattach"
 	mkdir -p "$CNI_BIN" "$(dirname "$out")"
-	(cd "$VMSCALE_ROOT" && CGO_ENABLED=0 go build -trimpath -o "$out.new" ./cmd/vmscale-netattach) \
-		|| { log "FAILED: building cmd/vmscale-netattach"; exit 1; }
+	(cd "$VMSCALE_ROOT" && CGO_ENABLED=0 go build -trimpath -o "$out.new" ./hack/local-cluster/netattach/vmscale-netattach) \
+		|| { log "FAILED: building hack/local-cluster/netattach/vmscale-netattach"; exit 1; }
 	mv -f "$out.new" "$out"
 	for p in /usr/lib/cni/*; do ln -sfn "$p" "$CNI_BIN/$(basename "$p")"; done
 	cp -f "$out" "$CNI_BIN/.vmscale-netattach.new"

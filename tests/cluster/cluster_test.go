@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmscale/vmscale/pkg/webhookcert"
+	"github.com/vmscale/vmscale/neonvm/controllers/webhookcert"
 )
 
 // The tests share one cluster; the first brings it up from whatever state it

@@ -24,7 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
-	"github.com/vmscale/vmscale/controllers"
+	"github.com/vmscale/vmscale/neonvm/controllers"
 	"github.com/vmscale/vmscale/neonvm/ipam"
 	"github.com/vmscale/vmscale/tests/poll"
 )

@@ -16,7 +16,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
-	"github.com/vmscale/vmscale/pkg/webhookcert"
+	webhookv1 "github.com/vmscale/vmscale/internal/webhook/v1"
+	"github.com/vmscale/vmscale/neonvm/controllers/webhookcert"
 	"github.com/vmscale/vmscale/tests/testbin"
 )
 
@@ -46,7 +47,7 @@ func TestSelfSignedWebhookCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := vmv1.SetupWebhooksWithManager(mgr, vmv1.WebhookConfig{DefaultCPUScalingMode: vmv1.CPUScalingModeSysfs}); err != nil {
+	if err := webhookv1.SetupWebhooksWithManager(mgr, webhookv1.WebhookConfig{DefaultCPUScalingMode: vmv1.CPUScalingModeSysfs}); err != nil {
 		t.Fatal(err)
 	}
 

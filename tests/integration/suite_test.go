@@ -33,7 +33,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
-	"github.com/vmscale/vmscale/controllers"
+	webhookv1 "github.com/vmscale/vmscale/internal/webhook/v1"
+	"github.com/vmscale/vmscale/neonvm/controllers"
 	"github.com/vmscale/vmscale/neonvm/podspec"
 	"github.com/vmscale/vmscale/tests/testbin"
 )
@@ -132,7 +133,7 @@ func startManager(ctx context.Context) (<-chan struct{}, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := vmv1.SetupWebhooksWithManager(mgr, vmv1.WebhookConfig{
+	if err := webhookv1.SetupWebhooksWithManager(mgr, webhookv1.WebhookConfig{
 		DefaultCPUScalingMode:   vmv1.CPUScalingModeQMP,
 		SkipUpdateValidationFor: map[types.NamespacedName]struct{}{skippedVM: {}},
 		Recorder:                mgr.GetEventRecorder("neonvm-controller"),

@@ -1,3 +1,6 @@
+// Package v1 serves the admission webhooks (defaulting and validation) of
+// the vm.neon.tech/v1 kinds; the rules themselves are pure functions in
+// api/v1, so the guest and agent builds never link a webhook server.
 package v1
 
 import (
@@ -13,31 +16,27 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
-)
 
-// EventRecorder records Kubernetes events (events.k8s.io/v1); a manager's
-// GetEventRecorder gives one.
-// +kubebuilder:object:generate=false
-type EventRecorder interface {
-	Eventf(regarding runtime.Object, related runtime.Object, eventtype, reason, action, note string, args ...interface{})
-}
+	vmv1 "github.com/vmscale/vmscale/api/v1"
+)
 
 // WebhookConfig configures both kinds' admission webhooks.
 // +kubebuilder:object:generate=false
 type WebhookConfig struct {
 	// DefaultCPUScalingMode fills spec.cpuScalingMode when it is empty
 	// (the controller's --default-cpu-scaling-mode).
-	DefaultCPUScalingMode CPUScalingMode
+	DefaultCPUScalingMode vmv1.CPUScalingMode
 	// SkipUpdateValidationFor lets update-validation failures through for
 	// these objects (an escape hatch for objects stored before a rule
 	// existed); each skip emits a SkippedValidation event.
 	SkipUpdateValidationFor map[types.NamespacedName]struct{}
 	// Recorder receives SkippedValidation events; nil records none.
-	Recorder EventRecorder
+	Recorder events.EventRecorder
 }
 
 // ParseSkipList parses the --skip-update-validation-for flag:
@@ -67,12 +66,12 @@ func SetupWebhooksWithManager(mgr ctrl.Manager, cfg WebhookConfig) error {
 	mgr.GetWebhookServer().Register(VirtualMachineMutatePath, &webhook.Admission{
 		Handler: &vmDefaulter{cfg: cfg, decoder: admission.NewDecoder(mgr.GetScheme())},
 	})
-	if err := ctrl.NewWebhookManagedBy(mgr, &VirtualMachine{}).
+	if err := ctrl.NewWebhookManagedBy(mgr, &vmv1.VirtualMachine{}).
 		WithValidator(&vmWebhook{cfg}).
 		Complete(); err != nil {
 		return fmt.Errorf("register VirtualMachine webhooks: %w", err)
 	}
-	if err := ctrl.NewWebhookManagedBy(mgr, &VirtualMachineMigration{}).
+	if err := ctrl.NewWebhookManagedBy(mgr, &vmv1.VirtualMachineMigration{}).
 		WithDefaulter(&migrationWebhook{cfg}).
 		WithValidator(&migrationWebhook{cfg}).
 		Complete(); err != nil {
@@ -101,7 +100,7 @@ type vmDefaulter struct {
 }
 
 func (d *vmDefaulter) Handle(ctx context.Context, req admission.Request) admission.Response {
-	var vm VirtualMachine
+	var vm vmv1.VirtualMachine
 	if err := d.decoder.Decode(req, &vm); err != nil {
 		// Schema validation runs after mutating webhooks and rejects the
 		// object with the field's name; defaulting has nothing to add.
@@ -113,7 +112,7 @@ func (d *vmDefaulter) Handle(ctx context.Context, req admission.Request) admissi
 		return admission.Allowed("not defaulted: " + err.Error())
 	}
 	var ops []jsonpatch.JsonPatchOperation
-	for _, def := range DefaultVirtualMachine(&vm, d.cfg.DefaultCPUScalingMode) {
+	for _, def := range vmv1.DefaultVirtualMachine(&vm, d.cfg.DefaultCPUScalingMode) {
 		// A default under a missing parent (no spec.guest at all) is left
 		// for schema validation to reject.
 		if parentExists(raw, def.Path) {
@@ -159,15 +158,15 @@ func parentExists(doc map[string]any, path string) bool {
 // +kubebuilder:object:generate=false
 type vmWebhook struct{ cfg WebhookConfig }
 
-func (w *vmWebhook) ValidateCreate(_ context.Context, vm *VirtualMachine) (admission.Warnings, error) {
-	return nil, invalid(vm, ValidateVirtualMachine(vm))
+func (w *vmWebhook) ValidateCreate(_ context.Context, vm *vmv1.VirtualMachine) (admission.Warnings, error) {
+	return nil, invalid(vm, vmv1.ValidateVirtualMachine(vm))
 }
 
-func (w *vmWebhook) ValidateUpdate(ctx context.Context, old, vm *VirtualMachine) (admission.Warnings, error) {
-	return w.cfg.skippable(ctx, vm, ValidateVirtualMachineUpdate(old, vm))
+func (w *vmWebhook) ValidateUpdate(ctx context.Context, old, vm *vmv1.VirtualMachine) (admission.Warnings, error) {
+	return w.cfg.skippable(ctx, vm, vmv1.ValidateVirtualMachineUpdate(old, vm))
 }
 
-func (w *vmWebhook) ValidateDelete(context.Context, *VirtualMachine) (admission.Warnings, error) {
+func (w *vmWebhook) ValidateDelete(context.Context, *vmv1.VirtualMachine) (admission.Warnings, error) {
 	return nil, nil
 }
 
@@ -179,17 +178,17 @@ type migrationWebhook struct{ cfg WebhookConfig }
 
 // Default does nothing: every migration default is in the CRD schema. The
 // path exists because NeonVM serves it.
-func (w *migrationWebhook) Default(context.Context, *VirtualMachineMigration) error { return nil }
+func (w *migrationWebhook) Default(context.Context, *vmv1.VirtualMachineMigration) error { return nil }
 
-func (w *migrationWebhook) ValidateCreate(_ context.Context, m *VirtualMachineMigration) (admission.Warnings, error) {
-	return nil, invalid(m, ValidateVirtualMachineMigration(m))
+func (w *migrationWebhook) ValidateCreate(_ context.Context, m *vmv1.VirtualMachineMigration) (admission.Warnings, error) {
+	return nil, invalid(m, vmv1.ValidateVirtualMachineMigration(m))
 }
 
-func (w *migrationWebhook) ValidateUpdate(ctx context.Context, old, m *VirtualMachineMigration) (admission.Warnings, error) {
-	return w.cfg.skippable(ctx, m, ValidateVirtualMachineMigrationUpdate(old, m))
+func (w *migrationWebhook) ValidateUpdate(ctx context.Context, old, m *vmv1.VirtualMachineMigration) (admission.Warnings, error) {
+	return w.cfg.skippable(ctx, m, vmv1.ValidateVirtualMachineMigrationUpdate(old, m))
 }
 
-func (w *migrationWebhook) ValidateDelete(context.Context, *VirtualMachineMigration) (admission.Warnings, error) {
+func (w *migrationWebhook) ValidateDelete(context.Context, *vmv1.VirtualMachineMigration) (admission.Warnings, error) {
 	return nil, nil
 }
 
@@ -222,7 +221,7 @@ func invalid(obj runtime.Object, errs field.ErrorList) error {
 	if len(errs) == 0 {
 		return nil
 	}
-	gvk := GroupVersion.WithKind(kindOf(obj))
+	gvk := vmv1.GroupVersion.WithKind(kindOf(obj))
 	name := ""
 	if n, ok := obj.(namedObject); ok {
 		name = n.GetName()
@@ -232,9 +231,9 @@ func invalid(obj runtime.Object, errs field.ErrorList) error {
 
 func kindOf(obj runtime.Object) string {
 	switch obj.(type) {
-	case *VirtualMachine:
+	case *vmv1.VirtualMachine:
 		return "VirtualMachine"
-	case *VirtualMachineMigration:
+	case *vmv1.VirtualMachineMigration:
 		return "VirtualMachineMigration"
 	}
 	return ""

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"k8s.io/client-go/tools/events"
 	"net"
 	"strconv"
 	"time"
@@ -46,7 +47,7 @@ type MigrationReconciler struct {
 	client.Client
 	// APIReader reads around the cache (see VMReconciler.APIReader).
 	APIReader client.Reader
-	Recorder  vmv1.EventRecorder
+	Recorder  events.EventRecorder
 	Settings  podspec.Settings
 	Metrics   *Metrics
 	// DowntimeLimit is QEMU's downtime-limit (DefaultDowntimeLimit when 0).

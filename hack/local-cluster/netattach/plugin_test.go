@@ -26,7 +26,7 @@ func TestPluginAddCheckDel(t *testing.T) {
 		t.Skip("needs root (network namespaces)")
 	}
 	bin := filepath.Join(t.TempDir(), "vmscale-netattach")
-	build := exec.Command("go", "build", "-o", bin, "../../cmd/vmscale-netattach")
+	build := exec.Command("go", "build", "-o", bin, "./vmscale-netattach")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"k8s.io/client-go/tools/events"
 	"math/big"
 	"strings"
 	"sync"
@@ -63,7 +64,7 @@ type VMReconciler struct {
 	// a pod the cache does not show yet is confirmed gone before the VM
 	// is failed for it. Nil: the cached client.
 	APIReader client.Reader
-	Recorder  vmv1.EventRecorder
+	Recorder  events.EventRecorder
 	Settings  podspec.Settings
 	Metrics   *Metrics
 	// MaxConcurrentReconciles is --concurrency-limit.
