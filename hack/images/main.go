@@ -85,19 +85,12 @@ func run(root, out, tag, only string, extra extras, g guestInputs) error {
 	}
 	if tag == "" {
 		if tag, err = SourceTag(root); err != nil {
-			return err
+			return fmt.Errorf("source tag: %w", err)
 		}
 	}
-	bins, err := Discover(root)
+	bins, err := selectBinaries(root, only)
 	if err != nil {
 		return err
-	}
-	if only != "" {
-		keep := map[string]bool{}
-		for _, n := range strings.Split(only, ",") {
-			keep[n] = true
-		}
-		bins = slices.DeleteFunc(bins, func(b Binary) bool { return !keep[b.Name] })
 	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
@@ -108,92 +101,143 @@ func run(root, out, tag, only string, extra extras, g guestInputs) error {
 	}
 	defer os.RemoveAll(work)
 
-	var index []string
-	addImage := func(spec Image, ref string) error {
-		short := spec.Name
-		start := time.Now()
-		img, err := Build(spec)
-		if err != nil {
-			return err
-		}
-		t, err := name.NewTag(ref)
-		if err != nil {
-			return fmt.Errorf("image name %s: %w", ref, err)
-		}
-		digest, err := Write(filepath.Join(out, short+".tar"), t, img)
-		if err != nil {
-			return err
-		}
-		log.Printf("%-22s %s %s (%s)", short, t.String(), digest, time.Since(start).Round(time.Millisecond))
-		index = append(index, fmt.Sprintf("%s %s %s", short, t.String(), digest))
-		return nil
-	}
-	add := func(short, ref, bin string) error {
-		data, err := os.ReadFile(bin)
-		if err != nil {
-			return err
-		}
-		spec := Image{
-			Name:       short,
-			Entrypoint: []string{"/" + short},
-			Files: []File{
-				{Path: "/" + short, Mode: 0o755, Data: data},
-				{Path: "/tmp", Mode: 0o1777, Dir: true},
-			},
-		}
-		if short == RunnerImage && g.rootfs != "" {
-			kernel, err := guestFiles(g.dir, map[string]string{"vmlinux": "/vm/kernel/vmlinux", "initrd.img": "/vm/kernel/initrd.img"})
-			if err != nil {
-				return err
-			}
-			spec.Base, spec.Layers = []string{g.rootfs}, [][]File{kernel}
-		}
-		return addImage(spec, ref)
-	}
-
-	for _, b := range bins {
-		bin := filepath.Join(work, b.Name)
-		log.Printf("building %s", b.Pkg)
-		if err := GoBuild(root, b.Pkg, bin); err != nil {
-			return err
-		}
-		if err := add(b.Name, "vmscale/"+b.Name+":"+tag, bin); err != nil {
+	b := &imageSet{root: root, out: out, work: work, guest: g}
+	for _, bin := range bins {
+		if err := b.addBinary(bin.Name, "vmscale/"+bin.Name+":"+tag, bin.Pkg); err != nil {
 			return err
 		}
 	}
-	pause := filepath.Join(work, "pause")
-	if err := GoBuild(filepath.Join(root, "hack", "images"), "./pause", pause); err != nil {
-		return err
-	}
-	if err := add("pause", PauseRef, pause); err != nil {
+	if err := b.addPause(); err != nil {
 		return err
 	}
 	if g.dir != "" && (only == "" || strings.Contains(","+only+",", ","+RootDiskImage+",")) {
-		bin := filepath.Join(work, diskInit)
-		if err := GoBuild(root, "./cmd/"+diskInit, bin); err != nil {
-			return err
-		}
-		files, err := guestFiles(g.dir, map[string]string{"disk.qcow2": "/disk.qcow2"})
-		if err != nil {
-			return err
-		}
-		helper, err := os.ReadFile(bin)
-		if err != nil {
-			return err
-		}
-		spec := Image{Name: RootDiskImage, Entrypoint: []string{"/" + diskInit},
-			Layers: [][]File{files}, Files: []File{{Path: "/" + diskInit, Mode: 0o755, Data: helper}}}
-		if err := addImage(spec, "vmscale/"+RootDiskImage+":"+tag); err != nil {
+		if err := b.addRootDisk("vmscale/" + RootDiskImage + ":" + tag); err != nil {
 			return err
 		}
 	}
 	for n, bin := range extra {
-		if err := add(n, "vmscale/"+n+":"+tag, bin); err != nil {
+		if err := b.addFile(n, "vmscale/"+n+":"+tag, bin); err != nil {
 			return err
 		}
 	}
-	index = append(index, "")
-	return os.WriteFile(filepath.Join(out, "images.txt"), []byte(strings.Join(index, "\n")), 0o644)
+	return b.writeIndex()
+}
+
+// selectBinaries is every pod binary of the repository, or those named in
+// only (comma-separated).
+func selectBinaries(root, only string) ([]Binary, error) {
+	bins, err := Discover(root)
+	if err != nil {
+		return nil, fmt.Errorf("find binaries: %w", err)
+	}
+	if only != "" {
+		keep := map[string]bool{}
+		for _, n := range strings.Split(only, ",") {
+			keep[n] = true
+		}
+		bins = slices.DeleteFunc(bins, func(b Binary) bool { return !keep[b.Name] })
+	}
+	return bins, nil
+}
+
+// imageSet writes image tarballs into out and remembers each for the
+// images.txt index.
+type imageSet struct {
+	root, out, work string
+	guest           guestInputs
+	index           []string
+}
+
+// add builds spec into out/<name>.tar, tagged ref.
+func (b *imageSet) add(spec Image, ref string) error {
+	short := spec.Name
+	start := time.Now()
+	img, err := Build(spec)
+	if err != nil {
+		return fmt.Errorf("build image %s: %w", short, err)
+	}
+	t, err := name.NewTag(ref)
+	if err != nil {
+		return fmt.Errorf("image name %s: %w", ref, err)
+	}
+	digest, err := Write(filepath.Join(b.out, short+".tar"), t, img)
+	if err != nil {
+		return fmt.Errorf("write image %s: %w", short, err)
+	}
+	log.Printf("%-22s %s %s (%s)", short, t.String(), digest, time.Since(start).Round(time.Millisecond))
+	b.index = append(b.index, fmt.Sprintf("%s %s %s", short, t.String(), digest))
+	return nil
+}
+
+// addBinary builds the Go package pkg of the repository and makes an image
+// of it.
+func (b *imageSet) addBinary(short, ref, pkg string) error {
+	bin := filepath.Join(b.work, short)
+	log.Printf("building %s", pkg)
+	if err := GoBuild(b.root, pkg, bin); err != nil {
+		return err
+	}
+	return b.addFile(short, ref, bin)
+}
+
+// addPause builds the pause container of hack/images/pause.
+func (b *imageSet) addPause() error {
+	pause := filepath.Join(b.work, "pause")
+	if err := GoBuild(filepath.Join(b.root, "hack", "images"), "./pause", pause); err != nil {
+		return err
+	}
+	return b.addFile("pause", PauseRef, pause)
+}
+
+// addFile makes an image whose entrypoint is the executable bin; the
+// runner's image also gets the Debian root and the guest kernel.
+func (b *imageSet) addFile(short, ref, bin string) error {
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		return err
+	}
+	spec := Image{
+		Name:       short,
+		Entrypoint: []string{"/" + short},
+		Files: []File{
+			{Path: "/" + short, Mode: 0o755, Data: data},
+			{Path: "/tmp", Mode: 0o1777, Dir: true},
+		},
+	}
+	if short == RunnerImage && b.guest.rootfs != "" {
+		kernel, err := guestFiles(b.guest.dir, map[string]string{"vmlinux": "/vm/kernel/vmlinux", "initrd.img": "/vm/kernel/initrd.img"})
+		if err != nil {
+			return err
+		}
+		spec.Base, spec.Layers = []string{b.guest.rootfs}, [][]File{kernel}
+	}
+	return b.add(spec, ref)
+}
+
+// addRootDisk makes the guest's root disk image: /disk.qcow2 plus the disk
+// init helper as its entrypoint.
+func (b *imageSet) addRootDisk(ref string) error {
+	bin := filepath.Join(b.work, diskInit)
+	if err := GoBuild(b.root, "./cmd/"+diskInit, bin); err != nil {
+		return err
+	}
+	files, err := guestFiles(b.guest.dir, map[string]string{"disk.qcow2": "/disk.qcow2"})
+	if err != nil {
+		return err
+	}
+	helper, err := os.ReadFile(bin)
+	if err != nil {
+		return err
+	}
+	spec := Image{Name: RootDiskImage, Entrypoint: []string{"/" + diskInit},
+		Layers: [][]File{files}, Files: []File{{Path: "/" + diskInit, Mode: 0o755, Data: helper}}}
+	return b.add(spec, ref)
+}
+
+// writeIndex writes images.txt: a line "short ref digest" per image.
+func (b *imageSet) writeIndex() error {
+	index := append(b.index, "")
+	return os.WriteFile(filepath.Join(b.out, "images.txt"), []byte(strings.Join(index, "\n")), 0o644)
 }
 
 // guestFiles reads files of the guest folder into image files: name in dir
