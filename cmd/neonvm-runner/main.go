@@ -19,6 +19,7 @@ import (
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/qemu"
 	"github.com/vmscale/vmscale/neonvm/runner"
+	"github.com/vmscale/vmscale/neonvm/runnerapi"
 )
 
 func main() {
@@ -61,8 +62,8 @@ func main() {
 		QEMUPath: qemuPath, QEMUUser: qemuUser, DiskSyncInterval: diskSync, Kernel: kernel, Initrd: initrd, Accel: accel, QMPHost: qmpHost,
 		RunDir: runDir, CPUScalingMode: vmv1.CPUScalingMode(cpuMode), MemhpAutoMovableRatio: ratio,
 		UseVirtioConsole: useVirtioConsole, DiskCache: diskCache, AppendKernelCmdline: appendCmdline,
-		TapName: tap, PodNetwork: podNetwork, DaemonAddr: daemonAddr, ReceiveMigration: os.Getenv("RECEIVE_MIGRATION") == "true",
-		PodName: os.Getenv("K8S_POD_NAME"), Log: log,
+		TapName: tap, PodNetwork: podNetwork, DaemonAddr: daemonAddr, ReceiveMigration: os.Getenv(runnerapi.EnvReceiveMigration) == "true",
+		PodName: os.Getenv(runnerapi.EnvPodName), Log: log,
 		Dirs: runner.Dirs{Images: imagesDir, Mounts: mountsDir, BaseRootDisk: rootDisk},
 	}, vmspec, vmstatus, httpAddr, forwards); err != nil {
 		log.Error("neonvm-runner failed", "error", err.Error())
@@ -75,11 +76,11 @@ func run(log *slog.Logger, cfg runner.Config, vmspec, vmstatus, httpAddr, forwar
 	if vmspec == "" {
 		return fmt.Errorf("-vmspec is required")
 	}
-	if err := runner.DecodeSpec(vmspec, &cfg.Spec); err != nil {
+	if err := runnerapi.DecodeSpec(vmspec, &cfg.Spec); err != nil {
 		return fmt.Errorf("-vmspec: %w", err)
 	}
 	if vmstatus != "" {
-		if err := runner.DecodeSpec(vmstatus, &cfg.Status); err != nil {
+		if err := runnerapi.DecodeSpec(vmstatus, &cfg.Status); err != nil {
 			return fmt.Errorf("-vmstatus: %w", err)
 		}
 	}

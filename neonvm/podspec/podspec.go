@@ -18,7 +18,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
-	"github.com/vmscale/vmscale/neonvm/runner"
+	"github.com/vmscale/vmscale/neonvm/runnerapi"
 )
 
 // Settings are the controller's choices for every runner pod.
@@ -77,8 +77,6 @@ const (
 	mountsPath               = "/vm/mounts"
 	sshSecretVolume          = "ssh-privatekey"
 	sshAuthorizedKeysVolume  = "ssh-authorized-keys"
-	receiveMigrationEnv      = "RECEIVE_MIGRATION"
-	podNameEnv               = "K8S_POD_NAME"
 	notReadyTolerationSecond = 30
 )
 
@@ -214,11 +212,11 @@ func RunnerPod(vm *vmv1.VirtualMachine, podName string, s Settings, receiveMigra
 			{Name: "qmp-manual", ContainerPort: port(spec.QMPManual, vmv1.DefaultQMPManualPort)},
 			{Name: "runner", ContainerPort: runnerPort},
 		},
-		Env:          []corev1.EnvVar{{Name: podNameEnv, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+		Env:          []corev1.EnvVar{{Name: runnerapi.EnvPodName, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
 		Resources:    *spec.PodResources.DeepCopy(),
 		VolumeMounts: []corev1.VolumeMount{imagesMount},
 		ReadinessProbe: &corev1.Probe{
-			ProbeHandler:        corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(runnerPort)}},
+			ProbeHandler:        corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: runnerapi.PathReady, Port: intstr.FromInt32(runnerPort)}},
 			InitialDelaySeconds: 5, PeriodSeconds: 5, FailureThreshold: 3,
 		},
 	}
@@ -230,7 +228,7 @@ func RunnerPod(vm *vmv1.VirtualMachine, podName string, s Settings, receiveMigra
 		c.Ports = append(c.Ports, corev1.ContainerPort{Name: p.Name, ContainerPort: int32(p.Port), Protocol: proto})
 	}
 	if receiveMigration {
-		c.Env = append(c.Env, corev1.EnvVar{Name: receiveMigrationEnv, Value: "true"})
+		c.Env = append(c.Env, corev1.EnvVar{Name: runnerapi.EnvReceiveMigration, Value: "true"})
 	}
 	if s.Privileged {
 		c.SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
@@ -308,11 +306,11 @@ func ExtraNetworkInterface(vm *vmv1.VirtualMachine) string {
 
 // runnerArgs is the runner's command line (§4.2).
 func runnerArgs(vm *vmv1.VirtualMachine, s Settings) ([]string, error) {
-	spec, err := runner.EncodeSpec(vm.Spec)
+	spec, err := runnerapi.EncodeSpec(vm.Spec)
 	if err != nil {
 		return nil, fmt.Errorf("encode the spec: %w", err)
 	}
-	status, err := runner.EncodeSpec(vm.Status)
+	status, err := runnerapi.EncodeSpec(vm.Status)
 	if err != nil {
 		return nil, fmt.Errorf("encode the status: %w", err)
 	}

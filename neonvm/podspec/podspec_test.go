@@ -15,7 +15,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
-	"github.com/vmscale/vmscale/neonvm/runner"
+	"github.com/vmscale/vmscale/neonvm/runnerapi"
 )
 
 // CompatVMs decodes every VirtualMachine in the compat manifests.
@@ -105,7 +105,7 @@ func TestRunnerPodFromCompatManifests(t *testing.T) {
 				}
 			}
 			var back vmv1.VirtualMachineSpec
-			if err := runner.DecodeSpec(encoded, &back); err != nil || back.Guest.CPUs != g.CPUs {
+			if err := runnerapi.DecodeSpec(encoded, &back); err != nil || back.Guest.CPUs != g.CPUs {
 				t.Errorf("-vmspec does not carry the spec: %v", err)
 			}
 			mounts := map[string]string{}

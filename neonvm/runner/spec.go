@@ -6,12 +6,7 @@ package runner
 
 import (
 	"bufio"
-	"bytes"
-	"compress/gzip"
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -20,45 +15,6 @@ import (
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 )
-
-// EncodeSpec is how the controller passes a spec to the runner
-// (-vmspec): JSON, gzipped, base64.
-func EncodeSpec(v any) (string, error) {
-	raw, err := json.Marshal(v)
-	if err != nil {
-		return "", err
-	}
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	if _, err := zw.Write(raw); err != nil {
-		return "", err
-	}
-	if err := zw.Close(); err != nil {
-		return "", err
-	}
-	return base64.StdEncoding.EncodeToString(buf.Bytes()), nil
-}
-
-// DecodeSpec reverses EncodeSpec into out.
-func DecodeSpec(s string, out any) error {
-	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
-	if err != nil {
-		return fmt.Errorf("not base64: %w", err)
-	}
-	zr, err := gzip.NewReader(bytes.NewReader(raw))
-	if err != nil {
-		return fmt.Errorf("not gzip: %w", err)
-	}
-	data, err := io.ReadAll(io.LimitReader(zr, 16<<20))
-	if err != nil {
-		return fmt.Errorf("gunzip: %w", err)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(out); err != nil {
-		return fmt.Errorf("not a spec: %w", err)
-	}
-	return nil
-}
 
 // CheckHost rejects a spec this host cannot run, naming the field: guest
 // memory past the host's, or more vCPUs than QEMU may create.
