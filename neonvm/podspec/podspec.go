@@ -119,18 +119,18 @@ func Annotations(vm *vmv1.VirtualMachine) (map[string]string, error) {
 	mem := resource.NewQuantity(g.MemorySlotSize.Value()*int64(g.MemorySlots.Use), resource.BinarySI)
 	usage, err := json.Marshal(Usage{CPU: g.CPUs.Use, Memory: *mem})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s annotation: %w", vmv1.VirtualMachineUsageAnnotation, err)
 	}
 	out[vmv1.VirtualMachineUsageAnnotation] = string(usage)
 	res, err := json.Marshal(Resources{CPUs: g.CPUs, MemorySlots: g.MemorySlots, MemorySlotSize: g.MemorySlotSize})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s annotation: %w", vmv1.VirtualMachineResourcesAnnotation, err)
 	}
 	out[vmv1.VirtualMachineResourcesAnnotation] = string(res)
 	if vm.Spec.Overcommit != nil {
 		oc, err := json.Marshal(vm.Spec.Overcommit)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%s annotation: %w", vmv1.VirtualMachineOvercommitAnnotation, err)
 		}
 		out[vmv1.VirtualMachineOvercommitAnnotation] = string(oc)
 	}

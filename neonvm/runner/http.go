@@ -78,11 +78,11 @@ func (a *API) checkReady(ctx context.Context) error {
 func (a *API) daemonCPU(ctx context.Context) (vmv1.MilliCPU, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.daemon+"/cpu", nil)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("neonvm-daemon GET /cpu: %w", err)
 	}
 	resp, err := a.client.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("neonvm-daemon GET /cpu: %w", err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 256))

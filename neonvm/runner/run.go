@@ -227,7 +227,7 @@ func (q *qemuProcess) kill() {
 func startQEMU(cfg Config, vm *vmv1.VirtualMachine, qcfg qemu.Config, log *slog.Logger) (*qemuProcess, error) {
 	cmd, err := qemu.Build(vm, qcfg)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("QEMU command line: %w", err)
 	}
 	qpath := cmd.Path
 	if cfg.QEMUPath != "" {

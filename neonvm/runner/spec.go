@@ -40,7 +40,7 @@ func CheckHost(spec *vmv1.VirtualMachineSpec, hostMemBytes int64) error {
 func HostMemory() (int64, error) {
 	f, err := os.Open("/proc/meminfo")
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("host memory: %w", err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -48,7 +48,10 @@ func HostMemory() (int64, error) {
 		fields := strings.Fields(sc.Text())
 		if len(fields) >= 2 && fields[0] == "MemTotal:" {
 			kb, err := strconv.ParseInt(fields[1], 10, 64)
-			return kb * 1024, err
+			if err != nil {
+				return 0, fmt.Errorf("MemTotal in /proc/meminfo: %w", err)
+			}
+			return kb * 1024, nil
 		}
 	}
 	return 0, fmt.Errorf("no MemTotal in /proc/meminfo")
