@@ -386,25 +386,25 @@ func runnerArgs(vm *vmv1.VirtualMachine, s Settings) ([]string, error) {
 	}
 	// The guest's network is the pod's: bridge + tap, DHCP, its ports
 	// DNATed from the pod IP (spec/neonvm.md §3).
-	args := []string{"-skip-cgroup-management", "-pod-network"}
+	args := []string{"-" + runnerapi.FlagSkipCgroupManagement, "-" + runnerapi.FlagPodNetwork}
 	if s.QEMUUser != "" {
-		args = append(args, "-qemu-user", s.QEMUUser)
+		args = append(args, "-"+runnerapi.FlagQEMUUser, s.QEMUUser)
 	}
 	if s.DiskSyncInterval > 0 {
-		args = append(args, "-disk-sync-interval", s.DiskSyncInterval.String())
+		args = append(args, "-"+runnerapi.FlagDiskSyncInterval, s.DiskSyncInterval.String())
 	}
 	if s.UseVirtioConsole {
-		args = append(args, "-use-virtio-console")
+		args = append(args, "-"+runnerapi.FlagUseVirtioConsole)
 	}
 	if s.DiskCacheSettings != "" {
-		args = append(args, "-qemu-disk-cache-settings", s.DiskCacheSettings)
+		args = append(args, "-"+runnerapi.FlagDiskCacheSettings, s.DiskCacheSettings)
 	}
 	if s.MemhpAutoMovableRatio != "" {
-		args = append(args, "-memhp-auto-movable-ratio", s.MemhpAutoMovableRatio)
+		args = append(args, "-"+runnerapi.FlagMemhpAutoMovableRatio, s.MemhpAutoMovableRatio)
 	}
-	args = append(args, "-vmspec", spec, "-vmstatus", status, "-cpu-scaling-mode", string(mode))
+	args = append(args, "-"+runnerapi.FlagVMSpec, spec, "-"+runnerapi.FlagVMStatus, status, "-"+runnerapi.FlagCPUScalingMode, string(mode))
 	if vm.Spec.Guest.AppendKernelCmdline != nil && *vm.Spec.Guest.AppendKernelCmdline != "" {
-		args = append(args, "-appendKernelCmdline="+*vm.Spec.Guest.AppendKernelCmdline)
+		args = append(args, "-"+runnerapi.FlagAppendKernelCmdline+"="+*vm.Spec.Guest.AppendKernelCmdline)
 	}
 	return args, nil
 }
