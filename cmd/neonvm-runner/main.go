@@ -19,52 +19,70 @@ import (
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/qemu"
 	"github.com/vmscale/vmscale/neonvm/runner"
+	"github.com/vmscale/vmscale/neonvm/runnerapi"
 )
 
+// options are neonvm-runner's flags.
+type options struct {
+	vmspec, vmstatus, cpuMode, ratio, diskCache, appendCmdline    string
+	kernel, initrd, imagesDir, mountsDir, rootDisk, runDir        string
+	accel, qmpHost, httpAddr, forwards, tap, qemuPath, daemonAddr string
+	qemuUser                                                      string
+	diskSync                                                      time.Duration
+	useVirtioConsole, skipCgroup, podNetwork                      bool
+}
+
+// register defines the flags on fs. The ones the controller passes in a
+// runner pod are named by package runnerapi, which the controller builds
+// the pod's command line from.
+func (o *options) register(fs *flag.FlagSet) {
+	fs.StringVar(&o.vmspec, runnerapi.FlagVMSpec, "", "the VirtualMachine spec: JSON, gzipped, base64 (required)")
+	fs.StringVar(&o.vmstatus, runnerapi.FlagVMStatus, "", "the VirtualMachine status, same encoding (optional)")
+	fs.StringVar(&o.cpuMode, runnerapi.FlagCPUScalingMode, string(vmv1.CPUScalingModeQMP), "QmpScaling or SysfsScaling")
+	fs.StringVar(&o.ratio, runnerapi.FlagMemhpAutoMovableRatio, "401", "memory_hotplug.auto_movable_ratio for the guest")
+	fs.StringVar(&o.diskCache, runnerapi.FlagDiskCacheSettings, "cache=none", "-drive cache settings of writable disks")
+	fs.StringVar(&o.appendCmdline, runnerapi.FlagAppendKernelCmdline, "", "more guest kernel arguments")
+	fs.BoolVar(&o.useVirtioConsole, runnerapi.FlagUseVirtioConsole, false, "guest console on hvc0 instead of ttyS1")
+	fs.BoolVar(&o.skipCgroup, runnerapi.FlagSkipCgroupManagement, false, "accepted for NeonVM compatibility; vmscale's runner does not manage a QEMU cgroup")
+	fs.StringVar(&o.kernel, "kernelpath", "/vm/kernel/vmlinux", "guest kernel")
+	fs.StringVar(&o.initrd, "initrd", "/vm/kernel/initrd.img", "guest initramfs (empty: none)")
+	fs.StringVar(&o.imagesDir, "images-dir", "/vm/images", "where the disks QEMU opens live")
+	fs.StringVar(&o.mountsDir, "mounts-dir", "/vm/mounts", "contents of configMap/secret disks, at <dir>/<mountPath>")
+	fs.StringVar(&o.rootDisk, "rootdisk", "", "root disk image (default <images-dir>/rootdisk.qcow2; another path gets a copy-on-write overlay)")
+	fs.StringVar(&o.runDir, "run-dir", "/vm", "where the runner's sockets go")
+	fs.StringVar(&o.accel, "accel", "auto", "auto (probe KVM by booting the kernel), kvm or tcg")
+	fs.StringVar(&o.qmpHost, "qmp-host", "0.0.0.0", "address QMP listens on")
+	fs.StringVar(&o.httpAddr, "http-addr", "", "runner API address (default :<spec.runnerPort>)")
+	fs.StringVar(&o.forwards, "forward", "", "user-mode networking forwards, HOSTADDR:PORT=GUESTPORT,... (a local runner; empty: tap)")
+	fs.StringVar(&o.tap, "tap", "", "an existing tap device for the guest NIC")
+	fs.BoolVar(&o.podNetwork, runnerapi.FlagPodNetwork, false, "set up the runner pod's guest network: bridge + tap, DHCP, the guest's ports DNATed from eth0, egress masqueraded")
+	fs.StringVar(&o.qemuPath, "qemu", "", "QEMU binary (default by architecture)")
+	fs.DurationVar(&o.diskSync, runnerapi.FlagDiskSyncInterval, runner.DefaultDiskSyncInterval, "how often watched configMap/secret disks are re-synced into the guest")
+	fs.StringVar(&o.qemuUser, runnerapi.FlagQEMUUser, "", "user QEMU drops to after start-up (the runner image has qemu); empty: the runner's")
+	fs.StringVar(&o.daemonAddr, "daemon-addr", "169.254.254.254:25183", "neonvm-daemon in the guest, as the runner reaches it (SysfsScaling)")
+}
+
+// config is the runner.Config the flags and the environment (getenv; the
+// runner pod's, set by the controller) say, without the spec and status
+// (run decodes those).
+func (o *options) config(getenv func(string) string, log *slog.Logger) runner.Config {
+	return runner.Config{
+		QEMUPath: o.qemuPath, QEMUUser: o.qemuUser, DiskSyncInterval: o.diskSync, Kernel: o.kernel, Initrd: o.initrd, Accel: o.accel, QMPHost: o.qmpHost,
+		RunDir: o.runDir, CPUScalingMode: vmv1.CPUScalingMode(o.cpuMode), MemhpAutoMovableRatio: o.ratio,
+		UseVirtioConsole: o.useVirtioConsole, DiskCache: o.diskCache, AppendKernelCmdline: o.appendCmdline,
+		TapName: o.tap, PodNetwork: o.podNetwork, DaemonAddr: o.daemonAddr, ReceiveMigration: getenv(runnerapi.EnvReceiveMigration) == "true",
+		PodName: getenv(runnerapi.EnvPodName), Log: log,
+		Dirs: runner.Dirs{Images: o.imagesDir, Mounts: o.mountsDir, BaseRootDisk: o.rootDisk},
+	}
+}
+
 func main() {
-	var (
-		vmspec, vmstatus, cpuMode, ratio, diskCache, appendCmdline    string
-		kernel, initrd, imagesDir, mountsDir, rootDisk, runDir        string
-		accel, qmpHost, httpAddr, forwards, tap, qemuPath, daemonAddr string
-		qemuUser                                                      string
-		diskSync                                                      time.Duration
-		useVirtioConsole, skipCgroup, podNetwork                      bool
-	)
-	flag.StringVar(&vmspec, "vmspec", "", "the VirtualMachine spec: JSON, gzipped, base64 (required)")
-	flag.StringVar(&vmstatus, "vmstatus", "", "the VirtualMachine status, same encoding (optional)")
-	flag.StringVar(&cpuMode, "cpu-scaling-mode", string(vmv1.CPUScalingModeQMP), "QmpScaling or SysfsScaling")
-	flag.StringVar(&ratio, "memhp-auto-movable-ratio", "401", "memory_hotplug.auto_movable_ratio for the guest")
-	flag.StringVar(&diskCache, "qemu-disk-cache-settings", "cache=none", "-drive cache settings of writable disks")
-	flag.StringVar(&appendCmdline, "appendKernelCmdline", "", "more guest kernel arguments")
-	flag.BoolVar(&useVirtioConsole, "use-virtio-console", false, "guest console on hvc0 instead of ttyS1")
-	flag.BoolVar(&skipCgroup, "skip-cgroup-management", false, "accepted for NeonVM compatibility; vmscale's runner does not manage a QEMU cgroup")
-	flag.StringVar(&kernel, "kernelpath", "/vm/kernel/vmlinux", "guest kernel")
-	flag.StringVar(&initrd, "initrd", "/vm/kernel/initrd.img", "guest initramfs (empty: none)")
-	flag.StringVar(&imagesDir, "images-dir", "/vm/images", "where the disks QEMU opens live")
-	flag.StringVar(&mountsDir, "mounts-dir", "/vm/mounts", "contents of configMap/secret disks, at <dir>/<mountPath>")
-	flag.StringVar(&rootDisk, "rootdisk", "", "root disk image (default <images-dir>/rootdisk.qcow2; another path gets a copy-on-write overlay)")
-	flag.StringVar(&runDir, "run-dir", "/vm", "where the runner's sockets go")
-	flag.StringVar(&accel, "accel", "auto", "auto (probe KVM by booting the kernel), kvm or tcg")
-	flag.StringVar(&qmpHost, "qmp-host", "0.0.0.0", "address QMP listens on")
-	flag.StringVar(&httpAddr, "http-addr", "", "runner API address (default :<spec.runnerPort>)")
-	flag.StringVar(&forwards, "forward", "", "user-mode networking forwards, HOSTADDR:PORT=GUESTPORT,... (a local runner; empty: tap)")
-	flag.StringVar(&tap, "tap", "", "an existing tap device for the guest NIC")
-	flag.BoolVar(&podNetwork, "pod-network", false, "set up the runner pod's guest network: bridge + tap, DHCP, the guest's ports DNATed from eth0, egress masqueraded")
-	flag.StringVar(&qemuPath, "qemu", "", "QEMU binary (default by architecture)")
-	flag.DurationVar(&diskSync, "disk-sync-interval", runner.DefaultDiskSyncInterval, "how often watched configMap/secret disks are re-synced into the guest")
-	flag.StringVar(&qemuUser, "qemu-user", "", "user QEMU drops to after start-up (the runner image has qemu); empty: the runner's")
-	flag.StringVar(&daemonAddr, "daemon-addr", "169.254.254.254:25183", "neonvm-daemon in the guest, as the runner reaches it (SysfsScaling)")
+	var o options
+	o.register(flag.CommandLine)
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 
-	if err := run(log, runner.Config{
-		QEMUPath: qemuPath, QEMUUser: qemuUser, DiskSyncInterval: diskSync, Kernel: kernel, Initrd: initrd, Accel: accel, QMPHost: qmpHost,
-		RunDir: runDir, CPUScalingMode: vmv1.CPUScalingMode(cpuMode), MemhpAutoMovableRatio: ratio,
-		UseVirtioConsole: useVirtioConsole, DiskCache: diskCache, AppendKernelCmdline: appendCmdline,
-		TapName: tap, PodNetwork: podNetwork, DaemonAddr: daemonAddr, ReceiveMigration: os.Getenv("RECEIVE_MIGRATION") == "true",
-		PodName: os.Getenv("K8S_POD_NAME"), Log: log,
-		Dirs: runner.Dirs{Images: imagesDir, Mounts: mountsDir, BaseRootDisk: rootDisk},
-	}, vmspec, vmstatus, httpAddr, forwards); err != nil {
+	if err := run(log, o.config(os.Getenv, log), o.vmspec, o.vmstatus, o.httpAddr, o.forwards); err != nil {
 		log.Error("neonvm-runner failed", "error", err.Error())
 		fmt.Fprintln(os.Stderr, "neonvm-runner:", err)
 		os.Exit(1)
@@ -75,11 +93,11 @@ func run(log *slog.Logger, cfg runner.Config, vmspec, vmstatus, httpAddr, forwar
 	if vmspec == "" {
 		return fmt.Errorf("-vmspec is required")
 	}
-	if err := runner.DecodeSpec(vmspec, &cfg.Spec); err != nil {
+	if err := runnerapi.DecodeSpec(vmspec, &cfg.Spec); err != nil {
 		return fmt.Errorf("-vmspec: %w", err)
 	}
 	if vmstatus != "" {
-		if err := runner.DecodeSpec(vmstatus, &cfg.Status); err != nil {
+		if err := runnerapi.DecodeSpec(vmstatus, &cfg.Status); err != nil {
 			return fmt.Errorf("-vmstatus: %w", err)
 		}
 	}

@@ -1,11 +1,8 @@
 package controllers
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -13,6 +10,7 @@ import (
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/qmp"
+	"github.com/vmscale/vmscale/neonvm/runnerapi"
 )
 
 // guestIO is what the VM reconciler asks of a running VM: QEMU over QMP and
@@ -31,8 +29,8 @@ type podGuest struct {
 }
 
 func newPodGuest(m *Metrics) *podGuest {
-	// The runner's own timeouts are 5 s; NeonVM's controller waits as long.
-	return &podGuest{http: &http.Client{Timeout: 5 * time.Second}, metrics: m}
+	// One client for every runner, so that connections are reused.
+	return &podGuest{http: runnerapi.NewHTTPClient(), metrics: m}
 }
 
 func qmpAddr(vm *vmv1.VirtualMachine) string {
@@ -43,12 +41,8 @@ func qmpAddr(vm *vmv1.VirtualMachine) string {
 	return net.JoinHostPort(vm.Status.PodIP, strconv.Itoa(int(port)))
 }
 
-func runnerURL(vm *vmv1.VirtualMachine, path string) string {
-	port := vm.Spec.RunnerPort
-	if port == 0 {
-		port = vmv1.DefaultRunnerPort
-	}
-	return "http://" + net.JoinHostPort(vm.Status.PodIP, strconv.Itoa(int(port))) + path
+func (g *podGuest) runner(vm *vmv1.VirtualMachine) *runnerapi.Client {
+	return runnerapi.NewClient(runnerapi.BaseURL(vm.Status.PodIP, vm.Spec.RunnerPort), g.http)
 }
 
 // qmpSession dials QEMU and runs f; every command's latency and failure is
@@ -128,46 +122,10 @@ func (g *podGuest) SetMemory(ctx context.Context, vm *vmv1.VirtualMachine, reque
 
 // runnerCPU is the runner's GET /cpu_current.
 func (g *podGuest) runnerCPU(ctx context.Context, vm *vmv1.VirtualMachine) (vmv1.MilliCPU, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, runnerURL(vm, "/cpu_current"), nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := g.http.Do(req)
-	if err != nil {
-		return 0, fmt.Errorf("runner GET /cpu_current: %w", err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("runner GET /cpu_current: %s: %s", resp.Status, bytes.TrimSpace(raw))
-	}
-	var body struct {
-		VCPUs vmv1.MilliCPU `json:"VCPUs"`
-	}
-	if err := json.Unmarshal(raw, &body); err != nil {
-		return 0, fmt.Errorf("runner GET /cpu_current answered %q: %w", raw, err)
-	}
-	return body.VCPUs, nil
+	return g.runner(vm).CPUCurrent(ctx)
 }
 
 // SetRunnerCPU is the runner's POST /cpu_change.
 func (g *podGuest) SetRunnerCPU(ctx context.Context, vm *vmv1.VirtualMachine, cpu vmv1.MilliCPU) error {
-	body, _ := json.Marshal(struct {
-		VCPUs vmv1.MilliCPU `json:"VCPUs"`
-	}{cpu})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, runnerURL(vm, "/cpu_change"), bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := g.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("runner POST /cpu_change %s: %w", body, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		return fmt.Errorf("runner POST /cpu_change %s: %s: %s", body, resp.Status, bytes.TrimSpace(msg))
-	}
-	return nil
+	return g.runner(vm).ChangeCPU(ctx, cpu)
 }

@@ -18,7 +18,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
-	"github.com/vmscale/vmscale/neonvm/runner"
+	"github.com/vmscale/vmscale/neonvm/runnerapi"
 )
 
 // Settings are the controller's choices for every runner pod.
@@ -77,8 +77,6 @@ const (
 	mountsPath               = "/vm/mounts"
 	sshSecretVolume          = "ssh-privatekey"
 	sshAuthorizedKeysVolume  = "ssh-authorized-keys"
-	receiveMigrationEnv      = "RECEIVE_MIGRATION"
-	podNameEnv               = "K8S_POD_NAME"
 	notReadyTolerationSecond = 30
 )
 
@@ -121,18 +119,18 @@ func Annotations(vm *vmv1.VirtualMachine) (map[string]string, error) {
 	mem := resource.NewQuantity(g.MemorySlotSize.Value()*int64(g.MemorySlots.Use), resource.BinarySI)
 	usage, err := json.Marshal(Usage{CPU: g.CPUs.Use, Memory: *mem})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s annotation: %w", vmv1.VirtualMachineUsageAnnotation, err)
 	}
 	out[vmv1.VirtualMachineUsageAnnotation] = string(usage)
 	res, err := json.Marshal(Resources{CPUs: g.CPUs, MemorySlots: g.MemorySlots, MemorySlotSize: g.MemorySlotSize})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s annotation: %w", vmv1.VirtualMachineResourcesAnnotation, err)
 	}
 	out[vmv1.VirtualMachineResourcesAnnotation] = string(res)
 	if vm.Spec.Overcommit != nil {
 		oc, err := json.Marshal(vm.Spec.Overcommit)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%s annotation: %w", vmv1.VirtualMachineOvercommitAnnotation, err)
 		}
 		out[vmv1.VirtualMachineOvercommitAnnotation] = string(oc)
 	}
@@ -145,14 +143,11 @@ func RunnerPod(vm *vmv1.VirtualMachine, podName string, s Settings, receiveMigra
 	if podName == "" {
 		return nil, fmt.Errorf("runner pod for %s/%s: no pod name", vm.Namespace, vm.Name)
 	}
-	image := s.RunnerImage
-	if vm.Spec.RunnerImage != nil && *vm.Spec.RunnerImage != "" {
-		image = *vm.Spec.RunnerImage
+	image, err := runnerImage(vm, s)
+	if err != nil {
+		return nil, err
 	}
-	if image == "" {
-		return nil, fmt.Errorf("runner pod for %s/%s: no runner image (spec.runnerImage or the controller's)", vm.Namespace, vm.Name)
-	}
-	annotations, err := Annotations(vm)
+	annotations, err := podAnnotations(vm, s)
 	if err != nil {
 		return nil, err
 	}
@@ -160,14 +155,11 @@ func RunnerPod(vm *vmv1.VirtualMachine, podName string, s Settings, receiveMigra
 	if err != nil {
 		return nil, err
 	}
-	if n := extraNetworkAttachment(vm, s); n != "" {
-		if have := annotations[MultusNetworksAnnot]; have != "" {
-			n = have + ", " + n
-		}
-		annotations[MultusNetworksAnnot] = n
-	}
+	c := runnerContainer(vm, s, image, args, receiveMigration)
+	volumes, mounts := volumes(vm)
+	c.VolumeMounts = append(c.VolumeMounts, mounts...)
 	spec := vm.Spec
-	pod := &corev1.Pod{
+	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: podName, Namespace: vm.Namespace,
 			Labels: Labels(vm), Annotations: annotations,
@@ -187,59 +179,87 @@ func RunnerPod(vm *vmv1.VirtualMachine, podName string, s Settings, receiveMigra
 			ServiceAccountName:            spec.ServiceAccountName,
 			ImagePullSecrets:              spec.ImagePullSecrets,
 			EnableServiceLinks:            spec.ServiceLinks,
+			InitContainers:                initContainers(vm, s),
+			Containers:                    []corev1.Container{c},
+			Volumes:                       volumes,
 		},
+	}, nil
+}
+
+// runnerImage is the VM's runner image, else the controller's.
+func runnerImage(vm *vmv1.VirtualMachine, s Settings) (string, error) {
+	image := s.RunnerImage
+	if vm.Spec.RunnerImage != nil && *vm.Spec.RunnerImage != "" {
+		image = *vm.Spec.RunnerImage
 	}
+	if image == "" {
+		return "", fmt.Errorf("runner pod for %s/%s: no runner image (spec.runnerImage or the controller's)", vm.Namespace, vm.Name)
+	}
+	return image, nil
+}
+
+// podAnnotations are Annotations plus the extra network asked of Multus,
+// after any networks the VM's own annotation names.
+func podAnnotations(vm *vmv1.VirtualMachine, s Settings) (map[string]string, error) {
+	annotations, err := Annotations(vm)
+	if err != nil {
+		return nil, err
+	}
+	if n := extraNetworkAttachment(vm, s); n != "" {
+		if have := annotations[MultusNetworksAnnot]; have != "" {
+			n = have + ", " + n
+		}
+		annotations[MultusNetworksAnnot] = n
+	}
+	return annotations, nil
+}
+
+// imagesMount is where the root disk is put (by the init container) and
+// the runner's disks are made.
+var imagesMount = corev1.VolumeMount{Name: imagesVolume, MountPath: imagesPath}
+
+// initContainers are the one that puts the root disk in place, from the
+// root-disk image, then the VM's own.
+func initContainers(vm *vmv1.VirtualMachine, s Settings) []corev1.Container {
+	spec := vm.Spec
 	pullPolicy := spec.Guest.RootDisk.ImagePullPolicy
 	if pullPolicy == "" {
 		pullPolicy = corev1.PullIfNotPresent
 	}
-	imagesMount := corev1.VolumeMount{Name: imagesVolume, MountPath: imagesPath}
 	copyCmd := s.DiskCopyCommand
 	if len(copyCmd) == 0 {
 		copyCmd = DefaultDiskCopyCommand
 	}
-	pod.Spec.InitContainers = append([]corev1.Container{{
+	return append([]corev1.Container{{
 		Name: "init", Image: spec.Guest.RootDisk.Image, ImagePullPolicy: pullPolicy,
 		Command:         copyCmd,
 		VolumeMounts:    []corev1.VolumeMount{imagesMount},
 		SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)},
 	}}, spec.ExtraInitContainers...)
+}
 
+// runnerContainer is the neonvm-runner container without the mounts of
+// volumes: its command line, ports, environment, readiness probe,
+// privileges and device resources.
+func runnerContainer(vm *vmv1.VirtualMachine, s Settings, image string, args []string, receiveMigration bool) corev1.Container {
+	spec := vm.Spec
 	runnerPort := port(spec.RunnerPort, vmv1.DefaultRunnerPort)
 	c := corev1.Container{
 		Name: RunnerContainer, Image: image, ImagePullPolicy: corev1.PullIfNotPresent,
 		Command: []string{"/neonvm-runner"}, Args: args,
-		Ports: []corev1.ContainerPort{
-			{Name: "qmp", ContainerPort: port(spec.QMP, vmv1.DefaultQMPPort)},
-			{Name: "qmp-manual", ContainerPort: port(spec.QMPManual, vmv1.DefaultQMPManualPort)},
-			{Name: "runner", ContainerPort: runnerPort},
-		},
-		Env:          []corev1.EnvVar{{Name: podNameEnv, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+		Ports: containerPorts(vm),
+		Env: []corev1.EnvVar{{Name: runnerapi.EnvPodName, ValueFrom: &corev1.EnvVarSource{
+			FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
 		Resources:    *spec.PodResources.DeepCopy(),
 		VolumeMounts: []corev1.VolumeMount{imagesMount},
 		ReadinessProbe: &corev1.Probe{
-			ProbeHandler:        corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(runnerPort)}},
+			ProbeHandler:        corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: runnerapi.PathReady, Port: intstr.FromInt32(runnerPort)}},
 			InitialDelaySeconds: 5, PeriodSeconds: 5, FailureThreshold: 3,
 		},
-	}
-	for _, p := range spec.Guest.Ports {
-		proto := corev1.ProtocolTCP
-		if p.Protocol == vmv1.ProtocolUDP {
-			proto = corev1.ProtocolUDP
-		}
-		c.Ports = append(c.Ports, corev1.ContainerPort{Name: p.Name, ContainerPort: int32(p.Port), Protocol: proto})
+		SecurityContext: securityContext(s),
 	}
 	if receiveMigration {
-		c.Env = append(c.Env, corev1.EnvVar{Name: receiveMigrationEnv, Value: "true"})
-	}
-	if s.Privileged {
-		c.SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
-	} else {
-		caps := []corev1.Capability{"NET_ADMIN", "SYS_ADMIN"}
-		if s.AddSysResource {
-			caps = append(caps, "SYS_RESOURCE")
-		}
-		c.SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: caps}}
+		c.Env = append(c.Env, corev1.EnvVar{Name: runnerapi.EnvReceiveMigration, Value: "true"})
 	}
 	for name, on := range map[corev1.ResourceName]bool{"neonvm/kvm": s.KVMDevice && boolOr(spec.EnableAcceleration, true), "neonvm/vhost-net": s.VhostNetDevice} {
 		if on {
@@ -249,15 +269,57 @@ func RunnerPod(vm *vmv1.VirtualMachine, podName string, s Settings, receiveMigra
 			c.Resources.Limits[name] = resource.MustParse("1")
 		}
 	}
+	return c
+}
 
-	pod.Spec.Volumes = []corev1.Volume{{Name: imagesVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+// containerPorts are QEMU's QMP ports, the runner API's, and the guest's
+// ports (DNATed to the guest from the pod's IP).
+func containerPorts(vm *vmv1.VirtualMachine) []corev1.ContainerPort {
+	spec := vm.Spec
+	ports := []corev1.ContainerPort{
+		{Name: "qmp", ContainerPort: port(spec.QMP, vmv1.DefaultQMPPort)},
+		{Name: "qmp-manual", ContainerPort: port(spec.QMPManual, vmv1.DefaultQMPManualPort)},
+		{Name: "runner", ContainerPort: port(spec.RunnerPort, vmv1.DefaultRunnerPort)},
+	}
+	for _, p := range spec.Guest.Ports {
+		proto := corev1.ProtocolTCP
+		if p.Protocol == vmv1.ProtocolUDP {
+			proto = corev1.ProtocolUDP
+		}
+		ports = append(ports, corev1.ContainerPort{Name: p.Name, ContainerPort: int32(p.Port), Protocol: proto})
+	}
+	return ports
+}
+
+// securityContext is privileged where the controller says so (the local
+// cluster); otherwise NET_ADMIN and SYS_ADMIN, plus SYS_RESOURCE where the
+// controller asks for it.
+func securityContext(s Settings) *corev1.SecurityContext {
+	if s.Privileged {
+		return &corev1.SecurityContext{Privileged: ptr.To(true)}
+	}
+	caps := []corev1.Capability{"NET_ADMIN", "SYS_ADMIN"}
+	if s.AddSysResource {
+		caps = append(caps, "SYS_RESOURCE")
+	}
+	return &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: caps}}
+}
+
+// volumes are the pod's volumes and the runner container's mounts of them
+// besides imagesMount: the SSH keys (when the VM has SSH and its secret)
+// and the configMap and secret disks, whose contents the runner puts on
+// the guest's disks.
+func volumes(vm *vmv1.VirtualMachine) ([]corev1.Volume, []corev1.VolumeMount) {
+	spec := vm.Spec
+	vols := []corev1.Volume{{Name: imagesVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+	var mounts []corev1.VolumeMount
 	if boolOr(spec.EnableSSH, true) && vm.Status.SSHSecretName != "" {
-		pod.Spec.Volumes = append(pod.Spec.Volumes,
+		vols = append(vols,
 			corev1.Volume{Name: sshSecretVolume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 				SecretName: vm.Status.SSHSecretName, Items: []corev1.KeyToPath{{Key: "ssh-privatekey", Path: "id_ed25519", Mode: ptr.To[int32](0o600)}}}}},
 			corev1.Volume{Name: sshAuthorizedKeysVolume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 				SecretName: vm.Status.SSHSecretName, Items: []corev1.KeyToPath{{Key: "ssh-publickey", Path: "authorized_keys", Mode: ptr.To[int32](0o644)}}}}})
-		c.VolumeMounts = append(c.VolumeMounts,
+		mounts = append(mounts,
 			corev1.VolumeMount{Name: sshSecretVolume, MountPath: "/mnt/ssh"},
 			corev1.VolumeMount{Name: sshAuthorizedKeysVolume, MountPath: "/vm/ssh"})
 	}
@@ -271,11 +333,10 @@ func RunnerPod(vm *vmv1.VirtualMachine, podName string, s Settings, receiveMigra
 		default:
 			continue // emptyDisk and tmpfs are made by the runner
 		}
-		pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: d.Name, VolumeSource: src})
-		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: d.Name, MountPath: mountsPath + d.MountPath, ReadOnly: true})
+		vols = append(vols, corev1.Volume{Name: d.Name, VolumeSource: src})
+		mounts = append(mounts, corev1.VolumeMount{Name: d.Name, MountPath: mountsPath + d.MountPath, ReadOnly: true})
 	}
-	pod.Spec.Containers = []corev1.Container{c}
-	return pod, nil
+	return vols, mounts
 }
 
 // extraNetworkAttachment is the Multus network of spec.extraNetwork as
@@ -308,11 +369,11 @@ func ExtraNetworkInterface(vm *vmv1.VirtualMachine) string {
 
 // runnerArgs is the runner's command line (§4.2).
 func runnerArgs(vm *vmv1.VirtualMachine, s Settings) ([]string, error) {
-	spec, err := runner.EncodeSpec(vm.Spec)
+	spec, err := runnerapi.EncodeSpec(vm.Spec)
 	if err != nil {
 		return nil, fmt.Errorf("encode the spec: %w", err)
 	}
-	status, err := runner.EncodeSpec(vm.Status)
+	status, err := runnerapi.EncodeSpec(vm.Status)
 	if err != nil {
 		return nil, fmt.Errorf("encode the status: %w", err)
 	}
@@ -325,25 +386,25 @@ func runnerArgs(vm *vmv1.VirtualMachine, s Settings) ([]string, error) {
 	}
 	// The guest's network is the pod's: bridge + tap, DHCP, its ports
 	// DNATed from the pod IP (spec/neonvm.md §3).
-	args := []string{"-skip-cgroup-management", "-pod-network"}
+	args := []string{"-" + runnerapi.FlagSkipCgroupManagement, "-" + runnerapi.FlagPodNetwork}
 	if s.QEMUUser != "" {
-		args = append(args, "-qemu-user", s.QEMUUser)
+		args = append(args, "-"+runnerapi.FlagQEMUUser, s.QEMUUser)
 	}
 	if s.DiskSyncInterval > 0 {
-		args = append(args, "-disk-sync-interval", s.DiskSyncInterval.String())
+		args = append(args, "-"+runnerapi.FlagDiskSyncInterval, s.DiskSyncInterval.String())
 	}
 	if s.UseVirtioConsole {
-		args = append(args, "-use-virtio-console")
+		args = append(args, "-"+runnerapi.FlagUseVirtioConsole)
 	}
 	if s.DiskCacheSettings != "" {
-		args = append(args, "-qemu-disk-cache-settings", s.DiskCacheSettings)
+		args = append(args, "-"+runnerapi.FlagDiskCacheSettings, s.DiskCacheSettings)
 	}
 	if s.MemhpAutoMovableRatio != "" {
-		args = append(args, "-memhp-auto-movable-ratio", s.MemhpAutoMovableRatio)
+		args = append(args, "-"+runnerapi.FlagMemhpAutoMovableRatio, s.MemhpAutoMovableRatio)
 	}
-	args = append(args, "-vmspec", spec, "-vmstatus", status, "-cpu-scaling-mode", string(mode))
+	args = append(args, "-"+runnerapi.FlagVMSpec, spec, "-"+runnerapi.FlagVMStatus, status, "-"+runnerapi.FlagCPUScalingMode, string(mode))
 	if vm.Spec.Guest.AppendKernelCmdline != nil && *vm.Spec.Guest.AppendKernelCmdline != "" {
-		args = append(args, "-appendKernelCmdline="+*vm.Spec.Guest.AppendKernelCmdline)
+		args = append(args, "-"+runnerapi.FlagAppendKernelCmdline+"="+*vm.Spec.Guest.AppendKernelCmdline)
 	}
 	return args, nil
 }

@@ -15,7 +15,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
-	"github.com/vmscale/vmscale/neonvm/runner"
+	"github.com/vmscale/vmscale/neonvm/runnerapi"
 )
 
 // CompatVMs decodes every VirtualMachine in the compat manifests.
@@ -105,7 +105,7 @@ func TestRunnerPodFromCompatManifests(t *testing.T) {
 				}
 			}
 			var back vmv1.VirtualMachineSpec
-			if err := runner.DecodeSpec(encoded, &back); err != nil || back.Guest.CPUs != g.CPUs {
+			if err := runnerapi.DecodeSpec(encoded, &back); err != nil || back.Guest.CPUs != g.CPUs {
 				t.Errorf("-vmspec does not carry the spec: %v", err)
 			}
 			mounts := map[string]string{}
@@ -226,5 +226,47 @@ func TestRunnerPodExtraNetwork(t *testing.T) {
 				t.Errorf("%s = %q, want %q", MultusNetworksAnnot, got, c.want)
 			}
 		})
+	}
+}
+
+// What the VM overrides or turns off in its pod, and the controller's
+// capability setting: the branches the compat manifests do not reach.
+func TestRunnerPodVMOverrides(t *testing.T) {
+	vm := CompatVMs(t, "../..")["neon-vm-example.yaml"].DeepCopy()
+	vm.Spec.RunnerImage = ptr.To("own-runner")
+	vm.Spec.EnableSSH = ptr.To(false)
+	vm.Spec.EnableAcceleration = ptr.To(false)
+	vm.Status.SSHSecretName = "ssh-" + vm.Name
+	vm.Spec.Guest.RootDisk.ImagePullPolicy = corev1.PullAlways
+	vm.Spec.Guest.Ports = append(vm.Spec.Guest.Ports, vmv1.Port{Name: "dns", Port: 53, Protocol: vmv1.ProtocolUDP})
+	vm.Spec.ExtraInitContainers = []corev1.Container{{Name: "prepare", Image: "busybox"}}
+	pod, err := RunnerPod(vm, "p", Settings{RunnerImage: "r", KVMDevice: true, AddSysResource: true}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := pod.Spec.Containers[0]
+	if c.Image != "own-runner" {
+		t.Errorf("runner image %q; want the VM's", c.Image)
+	}
+	if caps := c.SecurityContext.Capabilities; caps == nil || len(caps.Add) != 3 || caps.Add[2] != "SYS_RESOURCE" {
+		t.Errorf("capabilities %+v; want SYS_RESOURCE added", c.SecurityContext)
+	}
+	if _, ok := c.Resources.Limits["neonvm/kvm"]; ok {
+		t.Error("neonvm/kvm requested for a VM with acceleration off")
+	}
+	for _, v := range pod.Spec.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == vm.Status.SSHSecretName {
+			t.Errorf("SSH volume %s with SSH off", v.Name)
+		}
+	}
+	if last := c.Ports[len(c.Ports)-1]; last.Name != "dns" || last.Protocol != corev1.ProtocolUDP || last.ContainerPort != 53 {
+		t.Errorf("guest UDP port as %+v", last)
+	}
+	ics := pod.Spec.InitContainers
+	if len(ics) != 2 || ics[0].Name != "init" || ics[0].ImagePullPolicy != corev1.PullAlways || ics[1].Name != "prepare" {
+		t.Errorf("init containers %+v; want the disk copy (PullAlways) then the VM's", ics)
+	}
+	if c.VolumeMounts[0].Name != "virtualmachineimages" || pod.Spec.Volumes[0].EmptyDir == nil {
+		t.Errorf("images volume not first: %+v / %+v", c.VolumeMounts, pod.Spec.Volumes)
 	}
 }

@@ -176,11 +176,31 @@ func Build(vm *vmv1.VirtualMachine, cfg Config) (*Command, error) {
 	if err := check(vm, cfg); err != nil {
 		return nil, err
 	}
-	g := vm.Spec.Guest
+	// The order of the phases is the order of the flags: QEMU numbers
+	// devices in flag order, and the guest names disks and NICs by it.
 	var a args
+	a.add(machineArgs(cfg)...)
+	a.add(qmpArgs(vm, cfg)...)
+	a.add(channelArgs(cfg)...)
+	a.add(diskArgs(cfg)...)
+	console, consoleFlags := consoleArgs(cfg)
+	a.add(consoleFlags...)
+	a.add(cpuArgs(vm, cfg)...)
+	a.add(memoryArgs(vm, cfg)...)
+	// The default NIC first, so the guest names it eth0.
+	a.add(netArgs(cfg.Network)...)
+	a.add(extraNICArgs(cfg.ExtraNIC)...)
+	a.add(kernelArgs(vm, cfg, console)...)
+	if cfg.Incoming != "" {
+		a.add("-incoming", cfg.Incoming)
+	}
+	return &Command{Path: Binary(cfg.Arch), Args: a}, nil
+}
 
-	// Machine.
-	path := Binary(cfg.Arch)
+// machineArgs are the machine type, the user QEMU drops to, and the
+// devices and defaults every VM has off.
+func machineArgs(cfg Config) []string {
+	var a args
 	if cfg.Arch == "arm64" {
 		a.add("-machine", "virt", "-bios", "/vm/firmware/QEMU_EFI.fd")
 	} else {
@@ -191,17 +211,29 @@ func Build(vm *vmv1.VirtualMachine, cfg Config) (*Command, error) {
 	}
 	a.add("-nographic", "-no-reboot", "-nodefaults", "-only-migratable",
 		"-audiodev", "none,id=noaudio", "-serial", "pty", "-msg", "timestamp=on")
+	return a
+}
 
-	// QMP: the controller's, the humans', and the runner's own socket.
+// qmpArgs are the QMP servers: the controller's, the humans', and the
+// runner's own socket.
+func qmpArgs(vm *vmv1.VirtualMachine, cfg Config) []string {
 	host := cfg.QMPHost
 	if host == "" {
 		host = "0.0.0.0"
 	}
+	var a args
 	a.add("-qmp", fmt.Sprintf("tcp:%s:%d,server,wait=off", host, port(vm.Spec.QMP, vmv1.DefaultQMPPort)))
 	a.add("-qmp", fmt.Sprintf("tcp:%s:%d,server,wait=off", host, port(vm.Spec.QMPManual, vmv1.DefaultQMPManualPort)))
 	if cfg.QMPSigtermSocket != "" {
 		a.add("-qmp", fmt.Sprintf("unix:%s,server,wait=off", cfg.QMPSigtermSocket))
 	}
+	return a
+}
+
+// channelArgs are the virtio-serial channels to the guest: its log and
+// the exec channel, each on a unix socket of the runner's.
+func channelArgs(cfg Config) []string {
+	var a args
 	if cfg.LogSocket != "" || cfg.ExecSocket != "" {
 		a.add("-device", "virtio-serial")
 	}
@@ -213,8 +245,13 @@ func Build(vm *vmv1.VirtualMachine, cfg Config) (*Command, error) {
 		a.add("-chardev", fmt.Sprintf("socket,path=%s,server=on,wait=off,id=exec", cfg.ExecSocket),
 			"-device", "virtserialport,chardev=exec,name="+ExecPortName)
 	}
+	return a
+}
 
-	// Disks: root first, so it is /dev/vda.
+// diskArgs are the drives: root first, so it is /dev/vda, then cfg.Disks
+// in order.
+func diskArgs(cfg Config) []string {
+	var a args
 	a.add("-drive", joinOpts("id=rootdisk", "file="+cfg.RootDiskPath, "if=virtio", "media=disk", "index=0", diskCache(cfg)))
 	for _, d := range cfg.Disks {
 		opts := []string{"id=" + d.ID, "file=" + d.Path, "if=virtio"}
@@ -232,18 +269,23 @@ func Build(vm *vmv1.VirtualMachine, cfg Config) (*Command, error) {
 		}
 		a.add("-drive", joinOpts(opts...))
 	}
+	return a
+}
 
-	// Console.
-	console := "ttyS1"
+// consoleArgs put the guest console on QEMU's stdio and return its name in
+// the guest: hvc0 (virtio console, always on arm64) or ttyS1.
+func consoleArgs(cfg Config) (string, []string) {
 	if cfg.UseVirtioConsole || cfg.Arch == "arm64" {
-		console = "hvc0"
-		a.add("-chardev", "stdio,id=virtio-console", "-device", "virtio-serial-pci,id=virtio-serial-console",
-			"-device", "virtconsole,chardev=virtio-console")
-	} else {
-		a.add("-serial", "stdio")
+		return "hvc0", []string{"-chardev", "stdio,id=virtio-console", "-device", "virtio-serial-pci,id=virtio-serial-console",
+			"-device", "virtconsole,chardev=virtio-console"}
 	}
+	return "ttyS1", []string{"-serial", "stdio"}
+}
 
-	// CPU.
+// cpuArgs are the accelerator, the CPU model and topology, and the vCPUs a
+// migration target starts with hot-plugged.
+func cpuArgs(vm *vmv1.VirtualMachine, cfg Config) []string {
+	var a args
 	switch cfg.Accel {
 	case AccelKVM:
 		a.add("-enable-kvm")
@@ -258,48 +300,54 @@ func Build(vm *vmv1.VirtualMachine, cfg Config) (*Command, error) {
 	// vCPU plug after an unplug (multi-threaded TCG; single-threaded TCG
 	// cannot unplug at all): scale CPUs with SysfsScaling there. KVM is
 	// unaffected.
-	slots := int(g.CPUs.Max.RoundedUp())
+	slots := int(vm.Spec.Guest.CPUs.Max.RoundedUp())
 	a.add("-cpu", "max",
 		"-smp", fmt.Sprintf("cpus=%d,maxcpus=%d,sockets=1,cores=%d,threads=1", BootCPUs(vm), slots, slots))
 	for _, core := range cfg.HotpluggedCPUs {
 		a.add("-device", fmt.Sprintf("%s,id=cpu%d,socket-id=0,core-id=%d,thread-id=0", cfg.CPUDriver, core, core))
 	}
+	return a
+}
 
-	// Memory: the minimum is boot memory, the rest one virtio-mem device.
+// memoryArgs: the minimum is boot memory, the rest one virtio-mem device.
+func memoryArgs(vm *vmv1.VirtualMachine, cfg Config) []string {
+	g := vm.Spec.Guest
 	slot := g.MemorySlotSize.Value()
 	minBytes := slot * int64(g.MemorySlots.Min)
 	maxBytes := slot * int64(g.MemorySlots.Max)
+	var a args
 	a.add("-m", fmt.Sprintf("size=%db,slots=%d,maxmem=%db", minBytes, g.MemorySlots.Max-g.MemorySlots.Min, maxBytes))
 	if g.MemorySlots.Max > g.MemorySlots.Min {
 		a.add("-object", fmt.Sprintf("memory-backend-ram,id=vmem0,size=%db", maxBytes-minBytes),
 			"-device", fmt.Sprintf("virtio-mem-pci,id=vm0,memdev=vmem0,block-size=8M,requested-size=%d", cfg.VirtioMemRequestedBytes))
 	}
+	return a
+}
 
-	// Network: the default NIC first, so the guest names it eth0.
-	a.add(netArgs(cfg.Network)...)
-	if n := cfg.ExtraNIC; n != nil {
-		netdev := []string{"tap", "id=overlay", "ifname=" + n.TapName, "script=no", "downscript=no"}
-		if n.VhostNet {
-			netdev = append(netdev, "vhost=on")
-		}
-		dev := []string{"virtio-net-pci", "netdev=overlay", "mac=" + n.MAC}
-		if n.MTU > 0 {
-			dev = append(dev, "host_mtu="+strconv.Itoa(n.MTU))
-		}
-		a.add("-netdev", joinOpts(netdev...), "-device", joinOpts(dev...))
+// extraNICArgs are the guest's second NIC on its tap; none without one.
+func extraNICArgs(n *ExtraNIC) []string {
+	if n == nil {
+		return nil
 	}
+	netdev := []string{"tap", "id=overlay", "ifname=" + n.TapName, "script=no", "downscript=no"}
+	if n.VhostNet {
+		netdev = append(netdev, "vhost=on")
+	}
+	dev := []string{"virtio-net-pci", "netdev=overlay", "mac=" + n.MAC}
+	if n.MTU > 0 {
+		dev = append(dev, "host_mtu="+strconv.Itoa(n.MTU))
+	}
+	return []string{"-netdev", joinOpts(netdev...), "-device", joinOpts(dev...)}
+}
 
-	// Kernel.
-	a.add("-kernel", cfg.KernelPath)
+// kernelArgs are the guest kernel, its initramfs and its command line.
+func kernelArgs(vm *vmv1.VirtualMachine, cfg Config, console string) []string {
+	a := args{"-kernel", cfg.KernelPath}
 	if cfg.InitrdPath != "" {
 		a.add("-initrd", cfg.InitrdPath)
 	}
 	a.add("-append", KernelCmdline(vm, cfg, console))
-
-	if cfg.Incoming != "" {
-		a.add("-incoming", cfg.Incoming)
-	}
-	return &Command{Path: path, Args: a}, nil
+	return a
 }
 
 // KernelCmdline is the guest kernel's command line.
@@ -340,6 +388,8 @@ func KernelCmdline(vm *vmv1.VirtualMachine, cfg Config, console string) string {
 	return strings.Join(parts, " ")
 }
 
+// netArgs are the guest's default NIC: on a tap device, or on QEMU's
+// user-mode networking with its port forwards.
 func netArgs(n Network) []string {
 	var netdev []string
 	if n.TapName != "" {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -39,7 +40,7 @@ func dialMonitor(ctx context.Context, network, addr string) (*socketMonitor, err
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, network, addr)
 	if err != nil {
-		return nil, err
+		return nil, err // qmp.Dial says what it dialled
 	}
 	m := &socketMonitor{conn: conn, replies: make(chan []byte, 1), events: make(chan goqmp.Event, 64), done: make(chan struct{})}
 	if dl, ok := ctx.Deadline(); ok {
@@ -148,6 +149,15 @@ func (m *socketMonitor) Run(command []byte) ([]byte, error) {
 	return m.run(context.Background(), command)
 }
 
+// closedErr is why a command got no reply: the connection's read error
+// (io.EOF when QEMU closed it), kept for errors.Is.
+func (m *socketMonitor) closedErr() error {
+	if m.readErr == nil {
+		return errors.New("connection closed")
+	}
+	return fmt.Errorf("connection closed: %w", m.readErr)
+}
+
 // errQEMU marks an error QEMU returned for a command (as opposed to a broken
 // connection).
 type errQEMU struct{ desc string }
@@ -159,7 +169,7 @@ func (m *socketMonitor) run(ctx context.Context, command []byte) ([]byte, error)
 	defer m.mu.Unlock()
 	select {
 	case <-m.done:
-		return nil, fmt.Errorf("connection closed: %v", m.readErr)
+		return nil, m.closedErr()
 	default:
 	}
 	// A context that has already ended sends nothing (otherwise the select
@@ -177,7 +187,7 @@ func (m *socketMonitor) run(ctx context.Context, command []byte) ([]byte, error)
 		}
 		return line, nil
 	case <-m.done:
-		return nil, fmt.Errorf("connection closed: %v", m.readErr)
+		return nil, m.closedErr()
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

@@ -34,7 +34,7 @@ const bb = "/neonvm/bin/busybox"
 // and the others in QEMU's order: the runtime disk, swap, then spec.disks.
 func PrepareDisks(ctx context.Context, spec *vmv1.VirtualMachineSpec, d Dirs) (string, []qemu.Disk, error) {
 	if err := os.MkdirAll(d.Images, 0o755); err != nil {
-		return "", nil, err
+		return "", nil, fmt.Errorf("images directory: %w", err)
 	}
 	root := filepath.Join(d.Images, "rootdisk.qcow2")
 	if abs(d.BaseRootDisk) != abs(root) {
@@ -238,7 +238,7 @@ func virtualSize(ctx context.Context, path string) (int64, error) {
 		VirtualSize int64 `json:"virtual-size"`
 	}
 	if err := json.Unmarshal(out, &info); err != nil {
-		return 0, err
+		return 0, fmt.Errorf("qemu-img info %s answered %q: %w", path, out, err)
 	}
 	return info.VirtualSize, nil
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
+	"github.com/vmscale/vmscale/neonvm/runnerapi"
 )
 
 // cpuState is the runner's view of the VM's vCPU amount. In QMP mode the
@@ -24,13 +25,8 @@ type cpuState struct {
 	min, max vmv1.MilliCPU
 }
 
-// cpuBody is the runner API's body: {"VCPUs": <MilliCPU>} (capital key, as
-// NeonVM's controller sends it).
-type cpuBody struct {
-	VCPUs vmv1.MilliCPU `json:"VCPUs"`
-}
-
-// API serves the runner HTTP API: /ready, /cpu_current, /cpu_change.
+// API serves the runner HTTP API (the paths and bodies of package
+// runnerapi).
 type API struct {
 	cpu   *cpuState
 	mode  vmv1.CPUScalingMode
@@ -82,11 +78,11 @@ func (a *API) checkReady(ctx context.Context) error {
 func (a *API) daemonCPU(ctx context.Context) (vmv1.MilliCPU, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.daemon+"/cpu", nil)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("neonvm-daemon GET /cpu: %w", err)
 	}
 	resp, err := a.client.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("neonvm-daemon GET /cpu: %w", err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
@@ -131,7 +127,7 @@ func daemonStatus(err error) int {
 // Handler routes the API.
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc(http.MethodGet+" "+runnerapi.PathReady, func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), ReadyTimeout)
 		defer cancel()
 		if err := a.checkReady(ctx); err != nil {
@@ -143,7 +139,7 @@ func (a *API) Handler() http.Handler {
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	mux.HandleFunc("GET /cpu_current", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc(http.MethodGet+" "+runnerapi.PathCPUCurrent, func(w http.ResponseWriter, r *http.Request) {
 		a.cpu.mu.Lock()
 		cur := a.cpu.current
 		a.cpu.mu.Unlock()
@@ -156,10 +152,10 @@ func (a *API) Handler() http.Handler {
 			cur = SysfsCurrent(online, cur)
 		}
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(cpuBody{VCPUs: cur})
+		_ = json.NewEncoder(w).Encode(runnerapi.CPUBody{VCPUs: cur})
 	})
-	mux.HandleFunc("POST /cpu_change", func(w http.ResponseWriter, r *http.Request) {
-		var body cpuBody
+	mux.HandleFunc(http.MethodPost+" "+runnerapi.PathCPUChange, func(w http.ResponseWriter, r *http.Request) {
+		var body runnerapi.CPUBody
 		raw, err := io.ReadAll(io.LimitReader(r.Body, 4096))
 		if err == nil {
 			err = json.Unmarshal(raw, &body)
@@ -195,9 +191,11 @@ func (a *API) Handler() http.Handler {
 	return mux
 }
 
-// Serve runs the API on addr until ctx ends, with NeonVM's 5s timeouts.
+// Serve runs the API on addr until ctx ends, with NeonVM's timeouts
+// (runnerapi.Timeout).
 func (a *API) Serve(ctx context.Context, addr string) error {
-	srv := &http.Server{Addr: addr, Handler: a.Handler(), ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, ReadHeaderTimeout: 5 * time.Second}
+	t := runnerapi.Timeout
+	srv := &http.Server{Addr: addr, Handler: a.Handler(), ReadTimeout: t, WriteTimeout: t, ReadHeaderTimeout: t}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	select {

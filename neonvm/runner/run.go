@@ -85,12 +85,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = slog.Default()
 	}
-	spec := &cfg.Spec
-	mem, err := HostMemory()
-	if err != nil {
-		return fmt.Errorf("read host memory: %w", err)
-	}
-	if err := CheckHost(spec, mem); err != nil {
+	if err := checkThisHost(&cfg.Spec); err != nil {
 		return err
 	}
 	if cfg.QEMUPath == "" {
@@ -98,56 +93,105 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	accel, why := ChooseAccel(ctx, cfg.Accel, cfg.QEMUPath, cfg.Kernel)
 	log.Info("accelerator chosen", "accel", accel, "why", why)
-
-	prep := time.Now()
-	root, disks, err := PrepareDisks(ctx, spec, cfg.Dirs)
+	root, disks, err := prepareDisks(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	log.Info("disks prepared", "disks", len(disks)+1, "took", time.Since(prep).Round(time.Millisecond))
-
 	if err := os.MkdirAll(cfg.RunDir, 0o755); err != nil {
-		return err
+		return fmt.Errorf("runner directory: %w", err)
 	}
 	if cfg.PodNetwork {
-		var ports []int
-		for _, p := range spec.Guest.Ports {
-			if p.Protocol != vmv1.ProtocolUDP {
-				ports = append(ports, p.Port)
-			}
-		}
-		pn := DefaultPodNetwork(ports)
-		if err := pn.Setup(ctx); err != nil {
+		stopDHCP, err := setupPodNetwork(ctx, &cfg, log)
+		if err != nil {
 			return err
 		}
-		dhcp := pn.DHCPCommand()
-		dnsmasq := exec.Command(dhcp[0], dhcp[1:]...)
-		dnsmasq.Stdout, dnsmasq.Stderr = os.Stderr, os.Stderr
-		dnsmasq.SysProcAttr = diesWithRunner()
-		if err := dnsmasq.Start(); err != nil {
-			return fmt.Errorf("start the guest's DHCP server: %w", err)
-		}
-		defer func() { _ = dnsmasq.Process.Kill(); _ = dnsmasq.Wait() }()
-		cfg.TapName, cfg.Forwards = pn.Tap, nil
-		log.Info("pod network ready", "bridge", pn.Bridge, "tap", pn.Tap, "guest", PodNetGuestIP, "ports", pn.Ports)
+		defer stopDHCP()
 	}
 	extraNIC, err := setupExtraNetwork(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	sigtermSock := filepath.Join(cfg.RunDir, SigtermSocket)
+	vm, mode := guestVM(cfg)
+	qcfg := qemuConfig(cfg, vm, accel, root, disks, extraNIC, log)
+	q, err := startQEMU(cfg, vm, qcfg, log)
+	if err != nil {
+		return err
+	}
+	apiCtx, stopAPI := context.WithCancel(context.Background())
+	defer stopAPI()
+	apiErr := serveAPI(apiCtx, cfg, mode, qcfg.QMPSigtermSocket, log)
+	return waitForExit(ctx, cfg, q, apiErr, qcfg.QMPSigtermSocket, log)
+}
+
+// checkThisHost rejects a spec this host cannot run (CheckHost with the
+// host's memory).
+func checkThisHost(spec *vmv1.VirtualMachineSpec) error {
+	mem, err := HostMemory()
+	if err != nil {
+		return fmt.Errorf("read host memory: %w", err)
+	}
+	return CheckHost(spec, mem)
+}
+
+// prepareDisks is PrepareDisks, with how long it took in the log.
+func prepareDisks(ctx context.Context, cfg Config, log *slog.Logger) (string, []qemu.Disk, error) {
+	prep := time.Now()
+	root, disks, err := PrepareDisks(ctx, &cfg.Spec, cfg.Dirs)
+	if err != nil {
+		return "", nil, err
+	}
+	log.Info("disks prepared", "disks", len(disks)+1, "took", time.Since(prep).Round(time.Millisecond))
+	return root, disks, nil
+}
+
+// setupPodNetwork sets up the runner pod's guest network and starts the
+// guest's DHCP server; the guest's NIC goes on its tap (cfg.TapName, no
+// user-mode forwards). The function returned stops the DHCP server.
+func setupPodNetwork(ctx context.Context, cfg *Config, log *slog.Logger) (stop func(), err error) {
+	var ports []int
+	for _, p := range cfg.Spec.Guest.Ports {
+		if p.Protocol != vmv1.ProtocolUDP {
+			ports = append(ports, p.Port)
+		}
+	}
+	pn := DefaultPodNetwork(ports)
+	if err := pn.Setup(ctx); err != nil {
+		return nil, err
+	}
+	dhcp := pn.DHCPCommand()
+	dnsmasq := exec.Command(dhcp[0], dhcp[1:]...)
+	dnsmasq.Stdout, dnsmasq.Stderr = os.Stderr, os.Stderr
+	dnsmasq.SysProcAttr = diesWithRunner()
+	if err := dnsmasq.Start(); err != nil {
+		return nil, fmt.Errorf("start the guest's DHCP server: %w", err)
+	}
+	cfg.TapName, cfg.Forwards = pn.Tap, nil
+	log.Info("pod network ready", "bridge", pn.Bridge, "tap", pn.Tap, "guest", PodNetGuestIP, "ports", pn.Ports)
+	return func() { _ = dnsmasq.Process.Kill(); _ = dnsmasq.Wait() }, nil
+}
+
+// guestVM is the VM QEMU runs: the spec, with the CPU scaling mode the
+// runner was told (QMP by default) in it.
+func guestVM(cfg Config) (*vmv1.VirtualMachine, vmv1.CPUScalingMode) {
 	mode := cfg.CPUScalingMode
 	if mode == "" {
 		mode = vmv1.CPUScalingModeQMP
 	}
-	vm := &vmv1.VirtualMachine{Spec: *spec}
+	vm := &vmv1.VirtualMachine{Spec: cfg.Spec}
 	vm.Spec.CPUScalingMode = &mode
+	return vm, mode
+}
+
+// qemuConfig is what QEMU's command line needs besides the VM: the
+// prepared disks and networks, the runner's sockets, and, on a migration
+// target, the devices its source has.
+func qemuConfig(cfg Config, vm *vmv1.VirtualMachine, accel qemu.Accel, root string, disks []qemu.Disk, extraNIC *qemu.ExtraNIC, log *slog.Logger) qemu.Config {
 	var extra []string
 	if cfg.AppendKernelCmdline != "" {
 		extra = append(extra, cfg.AppendKernelCmdline)
 	}
 	qcfg := qemu.Config{
-		Accel: accel, QMPHost: cfg.QMPHost, QMPSigtermSocket: sigtermSock,
+		Accel: accel, QMPHost: cfg.QMPHost, QMPSigtermSocket: filepath.Join(cfg.RunDir, SigtermSocket),
 		ExecSocket: filepath.Join(cfg.RunDir, ExecSocket),
 		KernelPath: cfg.Kernel, InitrdPath: cfg.Initrd, RootDiskPath: root, Disks: disks,
 		MemhpAutoMovableRatio: cfg.MemhpAutoMovableRatio, UseVirtioConsole: cfg.UseVirtioConsole,
@@ -164,9 +208,26 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Info("waiting for an incoming migration", "port", vmv1.MigrationPort,
 			"hotpluggedCPUs", len(qcfg.HotpluggedCPUs), "virtioMemBytes", qcfg.VirtioMemRequestedBytes)
 	}
+	return qcfg
+}
+
+// qemuProcess is a started QEMU; exited delivers its Wait once.
+type qemuProcess struct {
+	cmd    *exec.Cmd
+	exited chan error
+}
+
+// kill stops QEMU and waits for it.
+func (q *qemuProcess) kill() {
+	_ = q.cmd.Process.Kill()
+	<-q.exited
+}
+
+// startQEMU builds QEMU's command line and starts it.
+func startQEMU(cfg Config, vm *vmv1.VirtualMachine, qcfg qemu.Config, log *slog.Logger) (*qemuProcess, error) {
 	cmd, err := qemu.Build(vm, qcfg)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("QEMU command line: %w", err)
 	}
 	qpath := cmd.Path
 	if cfg.QEMUPath != "" {
@@ -176,51 +237,65 @@ func Run(ctx context.Context, cfg Config) error {
 	proc.Stdout, proc.Stderr = os.Stdout, os.Stderr
 	proc.SysProcAttr = diesWithRunner()
 	if err := proc.Start(); err != nil {
-		return fmt.Errorf("start QEMU: %w", err)
+		return nil, fmt.Errorf("start QEMU: %w", err)
 	}
-	log.Info("QEMU started", "pid", proc.Process.Pid, "accel", accel)
-	exited := make(chan error, 1)
-	go func() { exited <- proc.Wait() }()
+	log.Info("QEMU started", "pid", proc.Process.Pid, "accel", qcfg.Accel)
+	q := &qemuProcess{cmd: proc, exited: make(chan error, 1)}
+	go func() { q.exited <- proc.Wait() }()
+	return q, nil
+}
 
-	apiCtx, stopAPI := context.WithCancel(context.Background())
-	defer stopAPI()
+// serveAPI serves the runner API and re-syncs watched disks into the guest
+// until ctx ends; the channel returned delivers the API server's end.
+func serveAPI(ctx context.Context, cfg Config, mode vmv1.CPUScalingMode, sigtermSock string, log *slog.Logger) <-chan error {
+	spec := &cfg.Spec
 	api := NewAPI(spec, mode, func(ctx context.Context) error { return guestRunning(ctx, sigtermSock) }, cfg.DaemonAddr)
 	api.GuestReadiness = cfg.PodNetwork
 	apiErr := make(chan error, 1)
-	go func() { apiErr <- api.Serve(apiCtx, cfg.HTTPAddr) }()
+	go func() { apiErr <- api.Serve(ctx, cfg.HTTPAddr) }()
 	if syncer := NewDiskSyncer(spec, cfg.Dirs.Mounts, cfg.DaemonAddr, log); syncer != nil {
 		interval := cfg.DiskSyncInterval
 		if interval <= 0 {
 			interval = DefaultDiskSyncInterval
 		}
-		go syncer.Run(apiCtx, interval)
+		go syncer.Run(ctx, interval)
 	}
+	return apiErr
+}
 
+// waitForExit waits for QEMU to exit by itself (the guest powered off), for
+// the API server to fail (QEMU is killed), or for ctx to end (the guest is
+// powered off: stopGuest).
+func waitForExit(ctx context.Context, cfg Config, q *qemuProcess, apiErr <-chan error, sigtermSock string, log *slog.Logger) error {
 	select {
-	case err := <-exited:
+	case err := <-q.exited:
 		if err != nil {
 			return fmt.Errorf("QEMU exited: %w", err)
 		}
 		log.Info("QEMU exited: the guest powered off")
 		return nil
 	case err := <-apiErr:
-		_ = proc.Process.Kill()
-		<-exited
+		q.kill()
 		return err
 	case <-ctx.Done():
 	}
+	return stopGuest(cfg, q, sigtermSock, log)
+}
 
+// stopGuest powers the guest off over QMP and waits for QEMU as long as
+// the pod's termination grace period (30 s by default), then kills it.
+func stopGuest(cfg Config, q *qemuProcess, sigtermSock string, log *slog.Logger) error {
 	log.Info("stopping: powering the guest off over QMP")
 	if err := powerdown(sigtermSock); err != nil {
 		log.Error("powerdown failed; stopping QEMU", "error", err)
-		_ = proc.Process.Kill()
+		_ = q.cmd.Process.Kill()
 	}
 	grace := 30 * time.Second
-	if spec.TerminationGracePeriodSeconds != nil && *spec.TerminationGracePeriodSeconds > 0 {
-		grace = time.Duration(*spec.TerminationGracePeriodSeconds) * time.Second
+	if g := cfg.Spec.TerminationGracePeriodSeconds; g != nil && *g > 0 {
+		grace = time.Duration(*g) * time.Second
 	}
 	select {
-	case err := <-exited:
+	case err := <-q.exited:
 		var exitErr *exec.ExitError
 		if err != nil && !errors.As(err, &exitErr) {
 			return fmt.Errorf("wait for QEMU: %w", err)
@@ -228,8 +303,7 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Info("QEMU exited after power-off")
 		return nil
 	case <-time.After(grace):
-		_ = proc.Process.Kill()
-		<-exited
+		q.kill()
 		return fmt.Errorf("the guest did not power off within %s; QEMU killed", grace)
 	}
 }

@@ -17,29 +17,6 @@ import (
 	"github.com/vmscale/vmscale/neonvm/daemon"
 )
 
-func TestSpecEncodingRoundTrip(t *testing.T) {
-	spec := vmv1.VirtualMachineSpec{Guest: vmv1.Guest{
-		CPUs: vmv1.CPUs{Min: 250, Max: 2000, Use: 1500}, MemorySlotSize: resource.MustParse("256Mi"),
-		MemorySlots: vmv1.MemorySlots{Min: 2, Max: 8, Use: 4}, RootDisk: vmv1.RootDisk{Image: "x"},
-	}}
-	enc, err := EncodeSpec(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var back vmv1.VirtualMachineSpec
-	if err := DecodeSpec(enc, &back); err != nil {
-		t.Fatal(err)
-	}
-	if back.Guest.CPUs != spec.Guest.CPUs || back.Guest.MemorySlots != spec.Guest.MemorySlots {
-		t.Fatalf("round trip changed the spec: %+v", back.Guest)
-	}
-	for _, bad := range []string{"%%", "aGVsbG8=", ""} {
-		if err := DecodeSpec(bad, &back); err == nil {
-			t.Errorf("DecodeSpec(%q) accepted", bad)
-		}
-	}
-}
-
 func TestRuntimeFiles(t *testing.T) {
 	ro := true
 	spec := &vmv1.VirtualMachineSpec{Guest: vmv1.Guest{

@@ -6,12 +6,7 @@ package runner
 
 import (
 	"bufio"
-	"bytes"
-	"compress/gzip"
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -20,45 +15,6 @@ import (
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 )
-
-// EncodeSpec is how the controller passes a spec to the runner
-// (-vmspec): JSON, gzipped, base64.
-func EncodeSpec(v any) (string, error) {
-	raw, err := json.Marshal(v)
-	if err != nil {
-		return "", err
-	}
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	if _, err := zw.Write(raw); err != nil {
-		return "", err
-	}
-	if err := zw.Close(); err != nil {
-		return "", err
-	}
-	return base64.StdEncoding.EncodeToString(buf.Bytes()), nil
-}
-
-// DecodeSpec reverses EncodeSpec into out.
-func DecodeSpec(s string, out any) error {
-	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
-	if err != nil {
-		return fmt.Errorf("not base64: %w", err)
-	}
-	zr, err := gzip.NewReader(bytes.NewReader(raw))
-	if err != nil {
-		return fmt.Errorf("not gzip: %w", err)
-	}
-	data, err := io.ReadAll(io.LimitReader(zr, 16<<20))
-	if err != nil {
-		return fmt.Errorf("gunzip: %w", err)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(out); err != nil {
-		return fmt.Errorf("not a spec: %w", err)
-	}
-	return nil
-}
 
 // CheckHost rejects a spec this host cannot run, naming the field: guest
 // memory past the host's, or more vCPUs than QEMU may create.
@@ -84,7 +40,7 @@ func CheckHost(spec *vmv1.VirtualMachineSpec, hostMemBytes int64) error {
 func HostMemory() (int64, error) {
 	f, err := os.Open("/proc/meminfo")
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("host memory: %w", err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -92,7 +48,10 @@ func HostMemory() (int64, error) {
 		fields := strings.Fields(sc.Text())
 		if len(fields) >= 2 && fields[0] == "MemTotal:" {
 			kb, err := strconv.ParseInt(fields[1], 10, 64)
-			return kb * 1024, err
+			if err != nil {
+				return 0, fmt.Errorf("MemTotal in /proc/meminfo: %w", err)
+			}
+			return kb * 1024, nil
 		}
 	}
 	return 0, fmt.Errorf("no MemTotal in /proc/meminfo")

@@ -100,7 +100,7 @@ func (s *DiskSyncer) Sync(ctx context.Context, d vmv1.Disk) (bool, error) {
 	}
 	raw, err := json.Marshal(body)
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("encode %s: %w", d.MountPath, err)
 	}
 	if _, err := s.do(ctx, http.MethodPut, url, raw); err != nil {
 		return false, err
@@ -111,7 +111,7 @@ func (s *DiskSyncer) Sync(ctx context.Context, d vmv1.Disk) (bool, error) {
 func (s *DiskSyncer) do(ctx context.Context, method, url string, body []byte) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("neonvm-daemon %s %s: %w", method, url, err)
 	}
 	resp, err := s.Client.Do(req)
 	if err != nil {

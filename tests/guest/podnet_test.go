@@ -15,6 +15,7 @@ import (
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/runner"
+	"github.com/vmscale/vmscale/neonvm/runnerapi"
 	"github.com/vmscale/vmscale/tests/testbin"
 )
 
@@ -63,7 +64,7 @@ func TestRunnerPodNetwork(t *testing.T) {
 	spec.Disks = nil
 	spec.Guest.Ports = []vmv1.Port{{Name: "postgres", Port: 5432}}
 	spec.QMP, spec.QMPManual = int32(testbin.FreePort(t)), int32(testbin.FreePort(t))
-	enc, err := runner.EncodeSpec(spec)
+	enc, err := runnerapi.EncodeSpec(spec)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/guestexec"
 	"github.com/vmscale/vmscale/neonvm/runner"
+	"github.com/vmscale/vmscale/neonvm/runnerapi"
 	"github.com/vmscale/vmscale/tests/testbin"
 )
 
@@ -59,7 +60,7 @@ func startRunner(t *testing.T, spec vmv1.VirtualMachineSpec, extra ...string) *r
 	img := guestImage(t)
 	dir := t.TempDir()
 	spec.QMP, spec.QMPManual = int32(testbin.FreePort(t)), int32(testbin.FreePort(t))
-	enc, err := runner.EncodeSpec(spec)
+	enc, err := runnerapi.EncodeSpec(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,10 +204,10 @@ func TestRunnerRejectsBadSpecs(t *testing.T) {
 	huge := testSpec()
 	huge.Guest.MemorySlotSize = resource.MustParse("1Gi")
 	huge.Guest.MemorySlots = vmv1.MemorySlots{Min: 1, Max: 512, Use: 1}
-	hugeEnc, _ := runner.EncodeSpec(huge)
+	hugeEnc, _ := runnerapi.EncodeSpec(huge)
 	inverted := testSpec()
 	inverted.Guest.CPUs.Min = 4000
-	invEnc, _ := runner.EncodeSpec(inverted)
+	invEnc, _ := runnerapi.EncodeSpec(inverted)
 	cases := []struct {
 		name string
 		args []string

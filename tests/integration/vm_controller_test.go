@@ -19,7 +19,7 @@ import (
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/podspec"
-	"github.com/vmscale/vmscale/neonvm/runner"
+	"github.com/vmscale/vmscale/neonvm/runnerapi"
 	"github.com/vmscale/vmscale/tests/poll"
 )
 
@@ -220,7 +220,7 @@ func TestVMControllerAllocatesExtraNetwork(t *testing.T) {
 		t.Errorf("pod networks annotation %q", got)
 	}
 	var st vmv1.VirtualMachineStatus
-	if err := runner.DecodeSpec(argAfter(pod.Spec.Containers[0].Args, "-vmstatus"), &st); err != nil || st.ExtraNetIP != vm.Status.ExtraNetIP {
+	if err := runnerapi.DecodeSpec(argAfter(pod.Spec.Containers[0].Args, "-vmstatus"), &st); err != nil || st.ExtraNetIP != vm.Status.ExtraNetIP {
 		t.Errorf("the runner's -vmstatus has extraNetIP %q (%v), want %s", st.ExtraNetIP, err, vm.Status.ExtraNetIP)
 	}
 	if holder := poolHolder(t, suiteIPPool, vm.Status.ExtraNetIP); holder.ContainerID != string(vm.UID) || holder.PodRef != ns+"/db" {
