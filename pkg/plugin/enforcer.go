@@ -272,7 +272,7 @@ func (e *Enforcer) OnMigration(m *vmv1.VirtualMachineMigration) {
 	for key := range v.pods {
 		e.recomputeLocked(key)
 	}
-	if finished && m.Labels[vmpod.CreatedBySchedulerLabel] == "true" {
+	if finished && m.Labels[api.CreatedBySchedulerLabel] == "true" {
 		e.queue.Add("vmm/" + m.Namespace + "/" + m.Name)
 	}
 	e.dropIfUnusedLocked(k)
