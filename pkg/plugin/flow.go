@@ -29,7 +29,7 @@ func (e *Enforcer) Permit(ctx context.Context, req *api.AgentRequest) (api.Resou
 		return out, err
 	}
 	if rerr := e.refreshVM(ctx, state.PodKey{Namespace: req.Pod.Namespace, Name: req.Pod.Name}); rerr != nil {
-		return out, fmt.Errorf("%w (and re-reading it: %v)", err, rerr)
+		return out, fmt.Errorf("%w (and re-reading it: %w)", err, rerr)
 	}
 	return e.permitOnce(ctx, req)
 }

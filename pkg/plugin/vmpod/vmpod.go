@@ -55,25 +55,40 @@ func VMFromObject(vm *vmv1.VirtualMachine) (*VM, error) {
 			Mem:  api.Bytes(vm.Spec.Guest.MemorySlotSize.Value() * int64(vm.Spec.Guest.MemorySlots.Use)),
 		},
 	}
-	var errs []string
+	var errs joined
 	read := func(key string, raw *string, has *bool, dst **api.Resources) {
 		var err error
 		if *dst, *raw, *has, err = api.ResourcesAnnotation(vm.Annotations, key); err != nil {
-			errs = append(errs, err.Error())
+			errs = append(errs, err)
 		}
 	}
 	read(api.ScalingUnitAnnotation, &out.RawScalingUnit, &out.HasScalingUnit, &out.ScalingUnit)
 	read(api.RequestedAnnotation, &out.RawRequested, &out.HasRequested, &out.Requested)
 	read(api.ApprovedAnnotation, &out.RawApproved, &out.HasApproved, &out.Approved)
 	if out.ScalingUnit != nil && out.ScalingUnit.HasZero() {
-		errs = append(errs, fmt.Sprintf("annotation %s: zero field in %s", api.ScalingUnitAnnotation, out.ScalingUnit))
+		errs = append(errs, fmt.Errorf("annotation %s: zero field in %s", api.ScalingUnitAnnotation, out.ScalingUnit))
 		out.ScalingUnit = nil
 	}
 	if len(errs) > 0 {
-		return out, fmt.Errorf("VirtualMachine %s/%s: %s", vm.Namespace, vm.Name, strings.Join(errs, "; "))
+		return out, fmt.Errorf("VirtualMachine %s/%s: %w", vm.Namespace, vm.Name, errs)
 	}
 	return out, nil
 }
+
+// joined is the problems found reading one object: every one stays
+// reachable by errors.Is and errors.As, and they print on one line, as the
+// plugin's log lines and events have always shown them.
+type joined []error
+
+func (j joined) Error() string {
+	s := make([]string, len(j))
+	for i, e := range j {
+		s[i] = e.Error()
+	}
+	return strings.Join(s, "; ")
+}
+
+func (j joined) Unwrap() []error { return j }
 
 func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }
 
@@ -125,11 +140,11 @@ func PodFromObject(p *corev1.Pod) (*Pod, error) {
 		out.Use, out.HasUse = ContainerRequests(p), true
 		return out, nil
 	}
-	var errs []string
+	var errs joined
 	if raw, ok := p.Annotations[api.VMResourcesAnnotation]; ok {
 		var r resourcesAnnotation
 		if err := json.Unmarshal([]byte(raw), &r); err != nil {
-			errs = append(errs, fmt.Sprintf("annotation %s: %v", api.VMResourcesAnnotation, err))
+			errs = append(errs, fmt.Errorf("annotation %s: %w", api.VMResourcesAnnotation, err))
 		} else {
 			out.Use = api.Resources{VCPU: r.CPUs.Use, Mem: api.Bytes(r.MemorySlotSize.Value() * int64(r.MemorySlots.Use))}
 			out.HasUse = true
@@ -138,13 +153,13 @@ func PodFromObject(p *corev1.Pod) (*Pod, error) {
 	if raw, ok := p.Annotations[api.VMOvercommitAnnotation]; ok {
 		var oc vmv1.OvercommitSettings
 		if err := json.Unmarshal([]byte(raw), &oc); err != nil {
-			errs = append(errs, fmt.Sprintf("annotation %s: %v", api.VMOvercommitAnnotation, err))
+			errs = append(errs, fmt.Errorf("annotation %s: %w", api.VMOvercommitAnnotation, err))
 		} else {
 			out.Overcommit = state.Overcommit{CPU: ratioMilli(oc.CPU), Mem: ratioMilli(oc.Memory)}
 		}
 	}
 	if len(errs) > 0 {
-		return out, fmt.Errorf("pod %s: %s", out.Key, strings.Join(errs, "; "))
+		return out, fmt.Errorf("pod %s: %w", out.Key, errs)
 	}
 	return out, nil
 }
