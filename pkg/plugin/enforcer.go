@@ -5,7 +5,6 @@ import (
 	"errors"
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
@@ -95,7 +94,7 @@ type Enforcer struct {
 	// nodeLabels feed the per-node metrics' extra labels.
 	nodeLabels map[string]map[string]string
 
-	queue workqueue.TypedRateLimitingInterface[string]
+	queue workqueue.TypedRateLimitingInterface[queueKey]
 	// writeSlots holds one token per permit-path VM write in flight.
 	writeSlots chan struct{}
 }
@@ -109,11 +108,7 @@ func NewEnforcer(cfg config.Config, log logr.Logger, clk clock.WithTicker, clien
 		vms:        map[vmKey]*vmEntry{},
 		nodeLabels: map[string]map[string]string{},
 		writeSlots: make(chan struct{}, MaxRequestPatches),
-		// A failed key is retried after patchRetryWait, doubling up to a
-		// minute while it keeps failing.
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
-			workqueue.NewTypedItemExponentialFailureRateLimiter[string](cfg.PatchRetryWait(), time.Minute),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "autoscale_enforcer", Clock: clk}),
+		queue:      newQueue(cfg.PatchRetryWait(), clk),
 	}
 	if metrics != nil {
 		metrics.watch(e)
@@ -144,7 +139,7 @@ func (e *Enforcer) OnNode(n *corev1.Node) {
 	e.nodeLabels[n.Name] = n.Labels
 	e.mu.Unlock()
 	if changed {
-		e.queue.Add("node/" + n.Name)
+		e.queue.Add(nodeItem(n.Name))
 	}
 }
 
@@ -178,7 +173,7 @@ func (e *Enforcer) OnPod(p *corev1.Pod) {
 	}
 	e.recomputeLocked(info.Key)
 	if info.VM != "" {
-		e.queue.Add("pod/" + info.Key.String())
+		e.queue.Add(podItem(info.Key))
 	}
 }
 
@@ -196,7 +191,7 @@ func (e *Enforcer) OnPodDelete(key state.PodKey) {
 		}
 	}
 	if old, ok := e.st.RemovePod(key); ok && old.Node != "" {
-		e.queue.Add("node/" + old.Node)
+		e.queue.Add(nodeItem(old.Node))
 	}
 }
 
@@ -228,7 +223,7 @@ func (e *Enforcer) setVMLocked(vm *vmpod.VM) {
 		e.recomputeLocked(key)
 	}
 	if vm.PodName != "" {
-		e.queue.Add("pod/" + vm.Namespace + "/" + vm.PodName)
+		e.queue.Add(podItem(state.PodKey{Namespace: vm.Namespace, Name: vm.PodName}))
 	}
 }
 
@@ -273,7 +268,7 @@ func (e *Enforcer) OnMigration(m *vmv1.VirtualMachineMigration) {
 		e.recomputeLocked(key)
 	}
 	if finished && m.Labels[api.CreatedBySchedulerLabel] == "true" {
-		e.queue.Add("vmm/" + m.Namespace + "/" + m.Name)
+		e.queue.Add(migrationItem(m.Namespace, m.Name))
 	}
 	e.dropIfUnusedLocked(k)
 }
@@ -329,13 +324,13 @@ func (e *Enforcer) recomputeLocked(key state.PodKey) {
 	}
 	e.st.SetPod(rec)
 	if known && old.Node != "" && (old.Node != rec.Node || rec.Reserved.AnyAbove(old.Reserved) || old.Reserved.AnyAbove(rec.Reserved)) {
-		e.queue.Add("node/" + old.Node)
+		e.queue.Add(nodeItem(old.Node))
 	}
 	// A new placement, or a tentative one confirmed by its binding (only a
 	// confirmed pod may be migrated away: the node's watermark check must
 	// run again).
 	if rec.Node != "" && (rec.Node != old.Node || old.Tentative != rec.Tentative) {
-		e.queue.Add("node/" + rec.Node)
+		e.queue.Add(nodeItem(rec.Node))
 	}
 }
 

@@ -448,7 +448,7 @@ func TestMigrationPastWatermark(t *testing.T) {
 	if migrating != 1000 {
 		t.Fatalf("migrating %dm, want old's 1000m", migrating)
 	}
-	if err := f.e.reconcileNode(context.Background(), "n"); err != nil {
+	if err := f.e.rebalanceNode(context.Background(), "n"); err != nil {
 		t.Fatal(err)
 	}
 	f.fc.mu.Lock()
@@ -468,7 +468,7 @@ func TestMigrationPastWatermark(t *testing.T) {
 		defer f.fc.mu.Unlock()
 		return len(f.fc.migrations) == 0
 	})
-	if err := f.e.reconcileNode(context.Background(), "n"); err != nil {
+	if err := f.e.rebalanceNode(context.Background(), "n"); err != nil {
 		t.Fatal(err)
 	}
 	f.fc.mu.Lock()

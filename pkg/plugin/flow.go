@@ -135,7 +135,7 @@ func (e *Enforcer) permitOnce(ctx context.Context, req *api.AgentRequest) (api.R
 	}
 	node := info.Node
 	e.mu.Unlock()
-	e.queue.Add("node/" + node)
+	e.queue.Add(nodeItem(node))
 
 	switch {
 	case decided:

@@ -184,7 +184,7 @@ func (p *AutoscaleEnforcer) Reserve(_ context.Context, _ fwk.CycleState, pod *co
 		e.metrics.reserveOverBudget()
 		p.log.Info("reserved a pod on a node now over budget", "pod", pod.Namespace+"/"+pod.Name, "node", nodeName)
 	}
-	e.queue.Add("node/" + nodeName)
+	e.queue.Add(nodeItem(nodeName))
 	return nil
 }
 
@@ -197,7 +197,7 @@ func (p *AutoscaleEnforcer) Unreserve(_ context.Context, _ fwk.CycleState, pod *
 	key := state.PodKey{Namespace: pod.Namespace, Name: pod.Name}
 	_, watched := e.pods[key]
 	if e.st.Unreserve(key, nodeName, !watched) {
-		e.queue.Add("node/" + nodeName)
+		e.queue.Add(nodeItem(nodeName))
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/vmscale/vmscale/pkg/api"
@@ -16,73 +15,11 @@ import (
 // at again, in case capacity freed up without an event the plugin saw.
 const partialGrantRequeue = 5 * time.Second
 
-// Start marks startup complete (the caller has listed every Node, Pod, VM
-// and migration), queues every pod and node for a first look, and runs
-// the workers until ctx ends.
-func (e *Enforcer) Start(ctx context.Context, workers int) {
-	e.mu.Lock()
-	e.ready = true
-	for k, info := range e.pods {
-		if info.VM != "" {
-			e.queue.Add("pod/" + k.String())
-		}
-	}
-	e.st.Nodes(func(n *state.Node) { e.queue.Add("node/" + n.Name) })
-	for _, v := range e.vms {
-		v.notify()
-	}
-	e.mu.Unlock()
-	e.log.Info("startup complete; granting", "workers", workers)
-	for i := 0; i < workers; i++ {
-		go func() {
-			for e.processNext(ctx) {
-			}
-		}()
-	}
-	go func() {
-		<-ctx.Done()
-		e.queue.ShutDown()
-	}()
-}
-
-func (e *Enforcer) processNext(ctx context.Context) bool {
-	key, quit := e.queue.Get()
-	if quit {
-		return false
-	}
-	defer e.queue.Done(key)
-	kind, rest, _ := strings.Cut(key, "/")
-	var err error
-	switch kind {
-	case "pod":
-		ns, name, _ := strings.Cut(rest, "/")
-		err = e.reconcilePod(ctx, state.PodKey{Namespace: ns, Name: name})
-	case "node":
-		err = e.reconcileNode(ctx, rest)
-	case "vmm":
-		ns, name, _ := strings.Cut(rest, "/")
-		err = e.deleteMigration(ctx, ns, name)
-	}
-	if err != nil {
-		// Transient failures (a conflict, a slow apiserver) are routine;
-		// only a run of them is worth an operator's attention.
-		if n := e.queue.NumRequeues(key) + 1; n >= e.cfg.LogSuccessiveFailuresThreshold {
-			e.log.Error(err, "reconcile keeps failing; retrying with backoff", "key", key, "failures", n)
-		} else {
-			e.log.V(2).Info("reconcile failed; retrying", "key", key, "failures", n, "error", err.Error())
-		}
-		e.queue.AddRateLimited(key)
-		return true
-	}
-	e.queue.Forget(key)
-	return true
-}
-
-// reconcilePod decides the approval for a runner pod's current request
+// approve decides the approval for a runner pod's current request
 // (the grant rule, under the lock, so concurrent requests on one node can
 // never both take the same capacity) and writes it on the VM, guarded by
 // tests that the request it answers is still the VM's.
-func (e *Enforcer) reconcilePod(ctx context.Context, key state.PodKey) error {
+func (e *Enforcer) approve(ctx context.Context, key state.PodKey) error {
 	e.mu.Lock()
 	if !e.ready {
 		e.mu.Unlock()
@@ -128,7 +65,7 @@ func (e *Enforcer) reconcilePod(ctx context.Context, key state.PodKey) error {
 		v.decidedFor = &requested
 		v.notify()
 		e.mu.Unlock()
-		e.queue.Add("node/" + rec.Node)
+		e.queue.Add(nodeItem(rec.Node))
 		return nil
 	}
 	vm := *v.vm
@@ -166,16 +103,16 @@ func (e *Enforcer) reconcilePod(ctx context.Context, key state.PodKey) error {
 	e.mu.Unlock()
 	e.log.V(3).Info("approved", "vm", vk.String(), "pod", key.String(), "node", rec.Node,
 		"requested", requested.String(), "approved", approved.String())
-	e.queue.Add("node/" + rec.Node)
+	e.queue.Add(nodeItem(rec.Node))
 	if partial && approved != rec.Reserved {
-		e.queue.AddAfter("pod/"+key.String(), partialGrantRequeue)
+		e.queue.AddAfter(podItem(key), partialGrantRequeue)
 	}
 	return nil
 }
 
-// reconcileNode gives pods waiting for more a chance at capacity that was
+// rebalanceNode gives pods waiting for more a chance at capacity that was
 // freed, and starts migrations off the node if it is past its watermark.
-func (e *Enforcer) reconcileNode(ctx context.Context, name string) error {
+func (e *Enforcer) rebalanceNode(ctx context.Context, name string) error {
 	e.mu.Lock()
 	if !e.ready {
 		e.mu.Unlock()
@@ -183,7 +120,7 @@ func (e *Enforcer) reconcileNode(ctx context.Context, name string) error {
 	}
 	for _, p := range e.st.PodsOn(name) {
 		if p.VM != "" && p.Requested.AnyAbove(p.Reserved) {
-			e.queue.Add("pod/" + p.Key.String())
+			e.queue.Add(podItem(p.Key))
 		}
 	}
 	type pick struct {
