@@ -2,13 +2,11 @@ package plugin
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"time"
 
-	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/pkg/api"
 	"github.com/vmscale/vmscale/pkg/plugin/permit"
 	"github.com/vmscale/vmscale/pkg/plugin/state"
@@ -107,34 +105,12 @@ func (e *Enforcer) permitOnce(ctx context.Context, req *api.AgentRequest) (api.R
 		e.mu.Unlock()
 		return e.waitForApproval(ctx, vk, req.Resources, req.LastPermit)
 	}
-	e.mu.Unlock()
-
-	patch, _ := json.Marshal(ops)
-	obj, err := e.patchInSlot(ctx, vk, patch)
-	e.mu.Lock()
-	v = e.entry(vk)
-	if decided {
-		v.inflight = nil
-	}
-	if err != nil {
-		for k := range v.pods {
-			e.recomputeLocked(k)
-		}
-		v.notify()
-		e.mu.Unlock()
-		return api.Resources{}, fmt.Errorf("record request on VirtualMachine %s: %w", vk, err)
-	}
-	vm, verr := vmpod.VMFromObject(obj)
-	if verr != nil {
-		e.log.Error(verr, "patched VM has unreadable annotations", "vm", vk.String())
-	}
-	e.setVMLocked(vm)
-	if decided && vm.Requested != nil && *vm.Requested == req.Resources {
-		v.decidedFor = &req.Resources
-		v.notify()
-	}
 	node := info.Node
 	e.mu.Unlock()
+
+	if err := e.writeBack(ctx, vk, ops, req.Resources, decided, e.patchInSlot); err != nil {
+		return api.Resources{}, fmt.Errorf("record request on VirtualMachine %s: %w", vk, err)
+	}
 	e.queue.Add(nodeItem(node))
 
 	switch {
@@ -144,30 +120,6 @@ func (e *Enforcer) permitOnce(ctx context.Context, req *api.AgentRequest) (api.R
 		return req.Resources, nil
 	}
 	return e.waitForApproval(ctx, vk, req.Resources, req.LastPermit)
-}
-
-// patchInSlot writes a request's patch once one of the MaxRequestPatches
-// write slots is free. The wait for a slot is bounded by PermitWait, as an
-// agent's wait for an approval is; the write itself then gets the whole
-// k8sCRUDTimeoutSeconds, so a write that starts is not cut short by the time
-// spent queueing for it (which would waste it on the apiserver).
-func (e *Enforcer) patchInSlot(ctx context.Context, vk vmKey, patch []byte) (*vmv1.VirtualMachine, error) {
-	timer := e.clock.NewTimer(PermitWait)
-	defer timer.Stop()
-	select {
-	case e.writeSlots <- struct{}{}:
-	case <-timer.C():
-		return nil, fmt.Errorf("timed out waiting %s for one of %d VM write slots", PermitWait, cap(e.writeSlots))
-	case <-ctx.Done():
-		return nil, fmt.Errorf("waiting for one of %d VM write slots: %w", cap(e.writeSlots), ctx.Err())
-	}
-	defer func() { <-e.writeSlots }()
-	pctx, cancel := context.WithTimeout(ctx, e.cfg.CRUDTimeout())
-	defer cancel()
-	start := e.clock.Now()
-	obj, err := e.client.PatchVM(pctx, vk.Namespace, vk.Name, patch)
-	e.metrics.observeRequestPatch(err, e.clock.Since(start))
-	return obj, err
 }
 
 // decideNowLocked applies the grant rule to a request right away when the

@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -72,35 +71,9 @@ func (e *Enforcer) approve(ctx context.Context, key state.PodKey) error {
 	v.inflight = &approved
 	e.mu.Unlock()
 
-	start := e.clock.Now()
-	patch, _ := json.Marshal(vmpod.ApprovalPatch(&vm, approved))
-	pctx, cancel := context.WithTimeout(ctx, e.cfg.CRUDTimeout())
-	obj, err := e.client.PatchVM(pctx, vm.Namespace, vm.Name, patch)
-	cancel()
-	e.metrics.observeApproval(err, e.clock.Since(start))
-
-	e.mu.Lock()
-	v = e.entry(vk)
-	v.inflight = nil
-	if err != nil {
-		// The pods fall back to the VM's recorded approval.
-		for k := range v.pods {
-			e.recomputeLocked(k)
-		}
-		v.notify()
-		e.mu.Unlock()
+	if err := e.writeBack(ctx, vk, vmpod.ApprovalPatch(&vm, approved), requested, true, e.patchApproval); err != nil {
 		return fmt.Errorf("write approval %s on VirtualMachine %s: %w", approved, vk, err)
 	}
-	updated, verr := vmpod.VMFromObject(obj)
-	if verr != nil {
-		e.log.Error(verr, "patched VM has unreadable annotations", "vm", vk.String())
-	}
-	e.setVMLocked(updated)
-	if updated.Requested != nil && *updated.Requested == requested {
-		v.decidedFor = &requested
-		v.notify()
-	}
-	e.mu.Unlock()
 	e.log.V(3).Info("approved", "vm", vk.String(), "pod", key.String(), "node", rec.Node,
 		"requested", requested.String(), "approved", approved.String())
 	e.queue.Add(nodeItem(rec.Node))
