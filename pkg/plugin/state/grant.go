@@ -67,3 +67,38 @@ func grantOne(total, nodeReserved, reserved, requested, factor uint64, ocMilli u
 	}
 	return reserved + inc
 }
+
+// Placed returns a pod that may be granted more now: known, placed by its
+// binding (a tentative placement from Reserve may still be undone), on a
+// known node.
+func (s *State) Placed(key PodKey) (Pod, bool) {
+	p := s.pods[key]
+	if p == nil || p.Node == "" || p.Tentative || s.nodes[p.Node] == nil {
+		return Pod{}, false
+	}
+	return *p, true
+}
+
+// GrantRequest applies the grant rule to a request the pod's record does
+// not hold yet: requested in units of factor, after lowering the
+// reservation to lowerTo if that is less (an agent giving back a permit it
+// never received). It returns the granted record, or false, with the
+// record unchanged, when the pod is not Placed or the grant fails.
+func (s *State) GrantRequest(key PodKey, requested, factor api.Resources, lowerTo *api.Resources) (Pod, bool) {
+	before, ok := s.Placed(key)
+	if !ok {
+		return Pod{}, false
+	}
+	rec := before
+	if lowerTo != nil && lowerTo.FitsIn(rec.Reserved) {
+		rec.Reserved = *lowerTo
+	}
+	rec.Requested, rec.Factor = requested, factor
+	s.SetPod(rec)
+	granted, _, err := s.Grant(key)
+	if err != nil {
+		s.SetPod(before)
+		return Pod{}, false
+	}
+	return granted, true
+}

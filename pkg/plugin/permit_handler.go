@@ -13,6 +13,9 @@ import (
 	"github.com/vmscale/vmscale/pkg/plugin/vmpod"
 )
 
+// Permit answers an agent; see Enforcer.Permit.
+var _ permit.Backend = (*Enforcer)(nil)
+
 // PermitWait is how long an agent's request waits for its approval.
 const PermitWait = time.Second
 
@@ -30,24 +33,6 @@ func (e *Enforcer) Permit(ctx context.Context, req *api.AgentRequest) (api.Resou
 		return out, fmt.Errorf("%w (and re-reading it: %w)", err, rerr)
 	}
 	return e.permitOnce(ctx, req)
-}
-
-// refreshVM reads a pod's VM from the apiserver into the plugin's view.
-func (e *Enforcer) refreshVM(ctx context.Context, key state.PodKey) error {
-	e.mu.Lock()
-	info := e.pods[key]
-	e.mu.Unlock()
-	if info == nil || info.VM == "" {
-		return fmt.Errorf("pod %s gone", key)
-	}
-	gctx, cancel := context.WithTimeout(ctx, e.cfg.CRUDTimeout())
-	defer cancel()
-	obj, err := e.client.GetVM(gctx, key.Namespace, info.VM)
-	if err != nil {
-		return err
-	}
-	e.OnVM(obj)
-	return nil
 }
 
 func (e *Enforcer) permitOnce(ctx context.Context, req *api.AgentRequest) (api.Resources, error) {
@@ -126,26 +111,16 @@ func (e *Enforcer) permitOnce(ctx context.Context, req *api.AgentRequest) (api.R
 // pod is bound to a known node, is the VM's current pod, and no approval is
 // being written; the capacity is held (inflight) until the write ends.
 func (e *Enforcer) decideNowLocked(key state.PodKey, v *vmEntry, req *api.AgentRequest) (api.Resources, bool) {
-	if v.inflight != nil || v.vm == nil || (v.vm.PodName != "" && v.vm.PodName != key.Name) || (v.vm.PodName == "" && len(v.pods) != 1) {
+	if v.inflight != nil || v.vm == nil || !v.runsIn(key.Name) {
 		return api.Resources{}, false
 	}
-	rec, ok := e.st.Pod(key)
-	if !ok || rec.Node == "" || rec.Tentative {
-		return api.Resources{}, false
-	}
-	if _, ok := e.st.Node(rec.Node); !ok {
-		return api.Resources{}, false
-	}
-	before := rec
 	// A last permit below the approval gives the difference back first.
-	if lp := req.LastPermit; lp != nil && v.vm.Approved != nil && lp.FitsIn(rec.Reserved) {
-		rec.Reserved = *lp
+	var lowerTo *api.Resources
+	if v.vm.Approved != nil {
+		lowerTo = req.LastPermit
 	}
-	rec.Requested, rec.Factor = req.Resources, *req.ComputeUnit
-	e.st.SetPod(rec)
-	granted, _, err := e.st.Grant(key)
-	if err != nil {
-		e.st.SetPod(before)
+	granted, ok := e.st.GrantRequest(key, req.Resources, *req.ComputeUnit, lowerTo)
+	if !ok {
 		return api.Resources{}, false
 	}
 	approved := granted.Reserved
@@ -182,4 +157,38 @@ func (e *Enforcer) waitForApproval(ctx context.Context, vk vmKey, req api.Resour
 			return api.Resources{}, fmt.Errorf("waiting for approval of %s: %w", vk, ctx.Err())
 		}
 	}
+}
+
+// approvedFor is the condition a waiting agent is answered on: the VM
+// records the agent's request and an approval decided for it (or, after
+// another writer, an approval above the agent's last permit).
+func approvedFor(v *vmEntry, req api.Resources, lastPermit *api.Resources) (api.Resources, bool) {
+	if v.vm == nil || v.vm.Requested == nil || *v.vm.Requested != req || v.vm.Approved == nil || v.inflight != nil {
+		return api.Resources{}, false
+	}
+	if v.decidedFor != nil && *v.decidedFor == req {
+		return *v.vm.Approved, true
+	}
+	if lastPermit != nil && v.vm.Approved.AnyAbove(*lastPermit) {
+		return *v.vm.Approved, true
+	}
+	return api.Resources{}, false
+}
+
+// refreshVM reads a pod's VM from the apiserver into the plugin's view.
+func (e *Enforcer) refreshVM(ctx context.Context, key state.PodKey) error {
+	e.mu.Lock()
+	info := e.pods[key]
+	e.mu.Unlock()
+	if info == nil || info.VM == "" {
+		return fmt.Errorf("pod %s gone", key)
+	}
+	gctx, cancel := context.WithTimeout(ctx, e.cfg.CRUDTimeout())
+	defer cancel()
+	obj, err := e.client.GetVM(gctx, key.Namespace, info.VM)
+	if err != nil {
+		return err
+	}
+	e.OnVM(obj)
+	return nil
 }
