@@ -47,16 +47,6 @@ type vmEntry struct {
 	changed chan struct{}
 }
 
-// runsIn reports whether pod is the one the VM runs in: the one its status
-// names, or, before it names one, its only pod. Only that pod is granted
-// more; a migration target holds the VM's approval as it is.
-func (v *vmEntry) runsIn(pod string) bool {
-	if v.vm.PodName != "" {
-		return v.vm.PodName == pod
-	}
-	return len(v.pods) == 1
-}
-
 func (v *vmEntry) notify() {
 	close(v.changed)
 	v.changed = make(chan struct{})

@@ -107,6 +107,16 @@ func (e *Enforcer) permitOnce(ctx context.Context, req *api.AgentRequest) (api.R
 	return e.waitForApproval(ctx, vk, req.Resources, req.LastPermit)
 }
 
+// runsIn reports whether pod is the one the VM runs in: the one its status
+// names, or, before it names one, its only pod. Only that pod is granted
+// more; a migration target holds the VM's approval as it is.
+func (v *vmEntry) runsIn(pod string) bool {
+	if v.vm.PodName != "" {
+		return v.vm.PodName == pod
+	}
+	return len(v.pods) == 1
+}
+
 // decideNowLocked applies the grant rule to a request right away when the
 // pod is bound to a known node, is the VM's current pod, and no approval is
 // being written; the capacity is held (inflight) until the write ends.
