@@ -67,7 +67,7 @@ func (e *Enforcer) approve(ctx context.Context, key state.PodKey) error {
 	if err := e.writeBack(ctx, vk, vmpod.ApprovalPatch(&vm, approved), requested, true, e.patchApproval); err != nil {
 		return fmt.Errorf("write approval %s on VirtualMachine %s: %w", approved, vk, err)
 	}
-	e.log.V(3).Info("approved", "vm", vk.String(), "pod", key.String(), "node", rec.Node,
+	e.log.Log(ctx, levelDetail, "approved", "vm", vk.String(), "pod", key.String(), "node", rec.Node,
 		"requested", requested.String(), "approved", approved.String())
 	e.queue.Add(nodeItem(rec.Node))
 	if partial && approved != rec.Reserved {

@@ -3,9 +3,9 @@ package plugin
 import (
 	"sync"
 
-	"github.com/go-logr/logr"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
+	"log/slog"
 
 	"github.com/vmscale/vmscale/pkg/api"
 	"github.com/vmscale/vmscale/pkg/plugin/config"
@@ -58,7 +58,7 @@ func (v *vmEntry) notify() {
 // migrations through Client.
 type Enforcer struct {
 	cfg     config.Config
-	log     logr.Logger
+	log     *slog.Logger
 	clock   clock.WithTicker
 	client  Client
 	metrics *Metrics
@@ -76,8 +76,12 @@ type Enforcer struct {
 	writeSlots chan struct{}
 }
 
-// NewEnforcer makes an Enforcer that grants nothing until Start.
-func NewEnforcer(cfg config.Config, log logr.Logger, clk clock.WithTicker, client Client, metrics *Metrics) *Enforcer {
+// NewEnforcer makes an Enforcer that grants nothing until Start; a nil log
+// drops its lines.
+func NewEnforcer(cfg config.Config, log *slog.Logger, clk clock.WithTicker, client Client, metrics *Metrics) *Enforcer {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	e := &Enforcer{
 		cfg: cfg, log: log, clock: clk, client: client, metrics: metrics,
 		st:         state.New(cfg.State()),

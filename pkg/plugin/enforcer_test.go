@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -13,7 +14,6 @@ import (
 	"time"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
-	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -147,7 +147,7 @@ type fixture struct {
 
 func newFixture(t *testing.T, start bool) *fixture {
 	fc := newFakeCluster()
-	e := NewEnforcer(testConfig(), logr.Discard(), clock.RealClock{}, fc, NewMetrics(nil))
+	e := NewEnforcer(testConfig(), slog.New(slog.DiscardHandler), clock.RealClock{}, fc, NewMetrics(nil))
 	fc.onWrite = e.OnVM
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)

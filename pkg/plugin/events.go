@@ -133,7 +133,7 @@ func (e *Enforcer) OnPod(p *corev1.Pod) {
 	}
 	info, err := vmpod.PodFromObject(p)
 	if err != nil {
-		e.log.Error(err, "pod annotations unreadable; accounting it by what could be read", "pod", info.Key.String())
+		e.log.Error("pod annotations unreadable; accounting it by what could be read", "err", err, "pod", info.Key.String())
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -175,7 +175,7 @@ func (e *Enforcer) OnPodDelete(key state.PodKey) {
 func (e *Enforcer) OnVM(obj *vmv1.VirtualMachine) {
 	vm, err := vmpod.VMFromObject(obj)
 	if err != nil {
-		e.log.Error(err, "VM annotations unreadable; ignoring the bad ones", "vm", obj.Namespace+"/"+obj.Name)
+		e.log.Error("VM annotations unreadable; ignoring the bad ones", "err", err, "vm", obj.Namespace+"/"+obj.Name)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()

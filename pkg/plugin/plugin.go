@@ -17,6 +17,7 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 
 	"github.com/go-logr/logr"
@@ -33,11 +34,20 @@ import (
 // Name is the plugin's name in the scheduler configuration.
 const Name = "AutoscaleEnforcer"
 
+// Verbosities of the plugin's detail lines, as klog -v levels (the bridge
+// to klog maps slog level -n to V(n)), so the same -v shows the same lines.
+const (
+	// levelRetry: a reconcile failed once and will be retried.
+	levelRetry = slog.Level(-2)
+	// levelDetail: each approval written and each pod that fits nowhere.
+	levelDetail = slog.Level(-3)
+)
+
 // AutoscaleEnforcer is the framework side of the plugin.
 type AutoscaleEnforcer struct {
 	e   *Enforcer
 	cfg config.Config
-	log logr.Logger
+	log *slog.Logger
 }
 
 var (
@@ -53,7 +63,11 @@ var (
 // lists and watches the cluster, and returns once startup is complete (or
 // fails if that takes longer than startupEventHandlingTimeoutSeconds).
 func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
-	log := klog.FromContext(ctx).WithName(Name)
+	// The plugin logs through slog; its lines go to the scheduler's own
+	// logger (klog), named as before, so operators find them where they
+	// always were.
+	klogger := klog.FromContext(ctx).WithName(Name)
+	log := toSlog(klogger)
 	cfg, err := loadConfig(obj)
 	if err != nil {
 		return nil, err
@@ -71,7 +85,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	listening := make(chan string, 1)
 	serveErr := make(chan error, 1)
 	go func() {
-		serveErr <- permit.Serve(ctx, cfg.PermitAddr, &permit.Handler{Backend: e, Log: log.WithName("permit"), Observe: metrics.ObservePermit}, listening)
+		serveErr <- permit.Serve(ctx, cfg.PermitAddr, &permit.Handler{Backend: e, Log: toSlog(klogger.WithName("permit")), Observe: metrics.ObservePermit}, listening)
 	}()
 	select {
 	case addr := <-listening:
@@ -86,6 +100,24 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	e.Start(ctx, cfg.ReconcileWorkers)
 	return &AutoscaleEnforcer{e: e, cfg: cfg, log: log}, nil
 }
+
+// toSlog bridges slog to the scheduler's logr logger. The bridge goes
+// through the logger's plain logr methods: klog's own slog support (its
+// logr.SlogSink) drops the logger's name and values, which would lose the
+// logger="AutoscaleEnforcer" and pod="…" keys of every line.
+func toSlog(l logr.Logger) *slog.Logger {
+	// One frame more (the bridge's) so klog's global logger, the
+	// scheduler's with its default text format, names the caller's line.
+	l = l.WithCallDepth(1)
+	return slog.New(logr.ToSlogHandler(logr.New(plainSink{l.GetSink()})))
+}
+
+// plainSink hides every method but logr.LogSink's, so logr's slog bridge
+// uses those; deriving a sink keeps it hidden.
+type plainSink struct{ logr.LogSink }
+
+func (s plainSink) WithValues(kv ...any) logr.LogSink { return plainSink{s.LogSink.WithValues(kv...)} }
+func (s plainSink) WithName(name string) logr.LogSink { return plainSink{s.LogSink.WithName(name)} }
 
 func loadConfig(obj runtime.Object) (config.Config, error) {
 	u, ok := obj.(*runtime.Unknown)

@@ -8,8 +8,8 @@ import (
 )
 
 // PostFilter only counts pods that fit nowhere.
-func (p *AutoscaleEnforcer) PostFilter(_ context.Context, _ fwk.CycleState, pod *corev1.Pod, _ fwk.NodeToStatusReader) (*fwk.PostFilterResult, *fwk.Status) {
+func (p *AutoscaleEnforcer) PostFilter(ctx context.Context, _ fwk.CycleState, pod *corev1.Pod, _ fwk.NodeToStatusReader) (*fwk.PostFilterResult, *fwk.Status) {
 	p.e.metrics.podUnschedulable()
-	p.log.V(3).Info("no node has room", "pod", pod.Namespace+"/"+pod.Name)
+	p.log.Log(ctx, levelDetail, "no node has room", "pod", pod.Namespace+"/"+pod.Name)
 	return nil, fwk.NewStatus(fwk.Unschedulable)
 }

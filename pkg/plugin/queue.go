@@ -106,9 +106,9 @@ func (e *Enforcer) processNext(ctx context.Context) bool {
 		// Transient failures (a conflict, a slow apiserver) are routine;
 		// only a run of them is worth an operator's attention.
 		if n := e.queue.NumRequeues(key) + 1; n >= e.cfg.LogSuccessiveFailuresThreshold {
-			e.log.Error(err, "reconcile keeps failing; retrying with backoff", "key", key.String(), "failures", n)
+			e.log.Error("reconcile keeps failing; retrying with backoff", "err", err, "key", key.String(), "failures", n)
 		} else {
-			e.log.V(2).Info("reconcile failed; retrying", "key", key.String(), "failures", n, "error", err.Error())
+			e.log.Log(ctx, levelRetry, "reconcile failed; retrying", "key", key.String(), "failures", n, "error", err.Error())
 		}
 		e.queue.AddRateLimited(key)
 		return true

@@ -40,7 +40,7 @@ func (e *Enforcer) writeBack(ctx context.Context, vk vmKey, ops []vmpod.Op, requ
 	}
 	vm, verr := vmpod.VMFromObject(obj)
 	if verr != nil {
-		e.log.Error(verr, "patched VM has unreadable annotations", "vm", vk.String())
+		e.log.Error("patched VM has unreadable annotations", "err", verr, "vm", vk.String())
 	}
 	e.setVMLocked(vm)
 	if decided && vm.Requested != nil && *vm.Requested == requested {
