@@ -27,6 +27,9 @@ const (
 	VirtualMachineOvercommitAnnotation = "vm.neon.tech/overcommit"
 	// RunnerPodFinalizer keeps the VM until its runner pod is gone.
 	VirtualMachineFinalizer = "vm.neon.tech/finalizer"
+	// VirtualMachineMigrationFinalizer keeps a migration until its target
+	// pod is cleaned up.
+	VirtualMachineMigrationFinalizer = "vm.neon.tech/migration-finalizer"
 )
 
 // VirtualMachineSpec is the desired state of a VirtualMachine.

@@ -31,9 +31,6 @@ import (
 // +kubebuilder:rbac:groups=vm.neon.tech,resources=virtualmachinemigrations/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=vm.neon.tech,resources=virtualmachinemigrations/finalizers,verbs=update
 
-// MigrationFinalizer keeps a migration until its target pod is cleaned up.
-const MigrationFinalizer = "vm.neon.tech/migration-finalizer"
-
 // ConditionMigration is the migration's condition type.
 const ConditionMigration = "Ready"
 
@@ -80,7 +77,7 @@ func (r *MigrationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	if !m.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, r.finalize(ctx, &m)
 	}
-	if controllerutil.AddFinalizer(&m, MigrationFinalizer) {
+	if controllerutil.AddFinalizer(&m, vmv1.VirtualMachineMigrationFinalizer) {
 		if err := r.Update(ctx, &m); err != nil {
 			return ctrl.Result{}, fmt.Errorf("add the finalizer: %w", err)
 		}
@@ -372,7 +369,7 @@ func (r *MigrationReconciler) restoreVM(ctx context.Context, m *vmv1.VirtualMach
 // finalize cancels a migration deleted mid-flight: the transfer stops, the
 // VM stays Running on the source and the target pod goes.
 func (r *MigrationReconciler) finalize(ctx context.Context, m *vmv1.VirtualMachineMigration) error {
-	if !controllerutil.ContainsFinalizer(m, MigrationFinalizer) {
+	if !controllerutil.ContainsFinalizer(m, vmv1.VirtualMachineMigrationFinalizer) {
 		return nil
 	}
 	if m.Status.Phase == vmv1.VmmPending || m.Status.Phase == vmv1.VmmRunning {
@@ -396,7 +393,7 @@ func (r *MigrationReconciler) finalize(ctx context.Context, m *vmv1.VirtualMachi
 		}
 		r.Metrics.observeMigration("cancelled", 0, 0)
 	}
-	controllerutil.RemoveFinalizer(m, MigrationFinalizer)
+	controllerutil.RemoveFinalizer(m, vmv1.VirtualMachineMigrationFinalizer)
 	return r.Update(ctx, m)
 }
 

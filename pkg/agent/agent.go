@@ -31,6 +31,7 @@ import (
 	"github.com/vmscale/vmscale/pkg/agent/pluginclient"
 	"github.com/vmscale/vmscale/pkg/agent/vminfo"
 	"github.com/vmscale/vmscale/pkg/agent/vmpatch"
+	"github.com/vmscale/vmscale/pkg/api"
 )
 
 // Agent runs one runner per VM on its node that it is responsible for.
@@ -78,7 +79,7 @@ func New(o Options) (*Agent, error) {
 		return nil, err
 	}
 	c, err := cache.New(o.Rest, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
-		&vmv1.VirtualMachine{}: {Label: labels.SelectorFromSet(labels.Set{vminfo.EnabledLabel: "true"})},
+		&vmv1.VirtualMachine{}: {Label: labels.SelectorFromSet(labels.Set{api.EnabledLabel: "true"})},
 		&corev1.Pod{}: {Namespaces: map[string]cache.Config{pluginclient.SchedulerNamespace: {}},
 			Label: labels.SelectorFromSet(labels.Set{"name": o.Config.Scheduler.SchedulerName})},
 	}})
@@ -305,7 +306,7 @@ func (a *Agent) billingSamples(ctx context.Context) []billing.Sample {
 	var out []billing.Sample
 	for i := range vms.Items {
 		vm := &vms.Items[i]
-		ep := vm.Annotations[vminfo.BillingEndpointIDAnnotation]
+		ep := vm.Annotations[api.BillingEndpointIDAnnotation]
 		if ep == "" || vm.Status.Node != a.node || vm.Status.CPUs == nil {
 			continue
 		}

@@ -16,7 +16,6 @@ import (
 	"github.com/vmscale/vmscale/pkg/agent/billing"
 	"github.com/vmscale/vmscale/pkg/agent/core"
 	"github.com/vmscale/vmscale/pkg/agent/monitorclient"
-	"github.com/vmscale/vmscale/pkg/agent/vminfo"
 	"github.com/vmscale/vmscale/pkg/agent/wakegrid"
 	"github.com/vmscale/vmscale/pkg/api"
 )
@@ -40,22 +39,9 @@ type Config struct {
 
 // ScalingConfig is "scaling".
 type ScalingConfig struct {
-	ComputeUnit   api.Resources   `json:"computeUnit"`
-	DefaultConfig ScalingDefaults `json:"defaultConfig"`
-}
-
-// ScalingDefaults is "scaling.defaultConfig": every key is required.
-type ScalingDefaults struct {
-	LoadAverageFractionTarget        *float64 `json:"loadAverageFractionTarget"`
-	MemoryUsageFractionTarget        *float64 `json:"memoryUsageFractionTarget"`
-	MemoryTotalFractionTarget        *float64 `json:"memoryTotalFractionTarget"`
-	EnableLFCMetrics                 *bool    `json:"enableLFCMetrics"`
-	LFCUseLargestWindow              *bool    `json:"lfcUseLargestWindow"`
-	LFCToMemoryRatio                 *float64 `json:"lfcToMemoryRatio"`
-	LFCWindowSizeMinutes             *int     `json:"lfcWindowSizeMinutes"`
-	LFCMinWaitBeforeDownscaleMinutes *int     `json:"lfcMinWaitBeforeDownscaleMinutes"`
-	CPUStableZoneRatio               *float64 `json:"cpuStableZoneRatio"`
-	CPUMixedZoneRatio                *float64 `json:"cpuMixedZoneRatio"`
+	ComputeUnit api.Resources `json:"computeUnit"`
+	// DefaultConfig is "scaling.defaultConfig": every key is required.
+	DefaultConfig api.ScalingConfig `json:"defaultConfig"`
 }
 
 // FailedRequestRate flags a VM as stuck in metrics.
@@ -174,19 +160,11 @@ func (c *Config) Validate() error {
 		bad("scaling.computeUnit", "must have non-zero vCPUs and mem")
 	}
 	d := c.Scaling.DefaultConfig
-	for key, set := range map[string]bool{
-		"loadAverageFractionTarget": d.LoadAverageFractionTarget != nil, "memoryUsageFractionTarget": d.MemoryUsageFractionTarget != nil,
-		"memoryTotalFractionTarget": d.MemoryTotalFractionTarget != nil, "enableLFCMetrics": d.EnableLFCMetrics != nil,
-		"lfcUseLargestWindow": d.LFCUseLargestWindow != nil, "lfcToMemoryRatio": d.LFCToMemoryRatio != nil,
-		"lfcWindowSizeMinutes": d.LFCWindowSizeMinutes != nil, "lfcMinWaitBeforeDownscaleMinutes": d.LFCMinWaitBeforeDownscaleMinutes != nil,
-		"cpuStableZoneRatio": d.CPUStableZoneRatio != nil, "cpuMixedZoneRatio": d.CPUMixedZoneRatio != nil,
-	} {
-		if !set {
-			bad("scaling.defaultConfig."+key, "is required")
-		}
+	for _, key := range d.Missing() {
+		bad("scaling.defaultConfig."+key, "is required")
 	}
 	if len(errs) == 0 {
-		if err := d.override().Validate(); err != nil {
+		if err := d.Validate(); err != nil {
 			bad("scaling.defaultConfig:", err.Error())
 		}
 	}
@@ -245,19 +223,9 @@ func (c *Config) refreshInterval() uint {
 	return 0
 }
 
-func (d ScalingDefaults) override() scalingOverride {
-	return scalingOverride{
-		LoadAverageFractionTarget: d.LoadAverageFractionTarget, MemoryUsageFractionTarget: d.MemoryUsageFractionTarget,
-		MemoryTotalFractionTarget: d.MemoryTotalFractionTarget, EnableLFCMetrics: d.EnableLFCMetrics,
-		LFCUseLargestWindow: d.LFCUseLargestWindow, LFCToMemoryRatio: d.LFCToMemoryRatio,
-		LFCWindowSizeMinutes: d.LFCWindowSizeMinutes, LFCMinWaitBeforeDownscaleMinutes: d.LFCMinWaitBeforeDownscaleMinutes,
-		CPUStableZoneRatio: d.CPUStableZoneRatio, CPUMixedZoneRatio: d.CPUMixedZoneRatio,
-	}
-}
-
 // DefaultScaling is the validated scaling defaults for the core.
-func (c *Config) DefaultScaling() core.ScalingConfig {
-	return c.Scaling.DefaultConfig.override().Apply(core.ScalingConfig{})
+func (c *Config) DefaultScaling() api.ScalingConfig {
+	return c.Scaling.DefaultConfig
 }
 
 func secs(n uint) time.Duration { return time.Duration(n) * time.Second }
@@ -285,5 +253,3 @@ func (c *Config) MonitorClient() monitorclient.Config {
 		Grid:                wakegrid.Periodic,
 	}
 }
-
-type scalingOverride = vminfo.ScalingConfig

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +26,7 @@ func TestShippedConfigIsTheSpecDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.DefaultScaling() != core.DefaultScalingConfig() {
+	if !reflect.DeepEqual(c.DefaultScaling(), api.DefaultScalingConfig()) {
 		t.Fatalf("scaling defaults %+v", c.DefaultScaling())
 	}
 	want := core.DefaultConfig(api.Resources{VCPU: 250, Mem: 1 << 30})

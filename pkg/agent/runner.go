@@ -28,7 +28,7 @@ import (
 type deps struct {
 	cfg      *Config
 	core     core.Config
-	defaults core.ScalingConfig
+	defaults api.ScalingConfig
 	log      *slog.Logger
 	clk      clock.WithTicker
 	plugin   *pluginclient.Client
@@ -445,7 +445,7 @@ func (r *runner) scrapeLoop(ctx context.Context, source string, tg *scrape.Targe
 		t.Reset(next.Sub(now))
 		if source == "lfc" {
 			r.mu.Lock()
-			on := r.st.VM().Scaling.EnableLFCMetrics
+			on := *r.st.VM().Scaling.EnableLFCMetrics
 			r.mu.Unlock()
 			if !on {
 				continue

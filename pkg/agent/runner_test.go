@@ -61,7 +61,7 @@ func TestRunnerFlagsStuckPlugin(t *testing.T) {
 	scheme := runtime.NewScheme()
 	_ = corev1.AddToScheme(scheme)
 	_ = vmv1.AddToScheme(scheme)
-	vm := &vmv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "vm", Labels: map[string]string{vminfo.EnabledLabel: "true"}}}
+	vm := &vmv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "vm", Labels: map[string]string{api.EnabledLabel: "true"}}}
 	vm.Spec.Guest.CPUs = vmv1.CPUs{Min: 250, Max: 1000, Use: 250}
 	vm.Spec.Guest.MemorySlotSize = resource.MustParse("1Gi")
 	vm.Spec.Guest.MemorySlots = vmv1.MemorySlots{Min: 1, Max: 4, Use: 1}

@@ -1,41 +1,17 @@
 package plugin
 
 import (
-	"context"
-	"errors"
-	"strconv"
 	"sync"
-	"time"
 
-	"github.com/go-logr/logr"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
+	"log/slog"
 
-	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/pkg/api"
 	"github.com/vmscale/vmscale/pkg/plugin/config"
 	"github.com/vmscale/vmscale/pkg/plugin/state"
 	"github.com/vmscale/vmscale/pkg/plugin/vmpod"
 )
-
-// ErrPatchConflict is wrapped by Client.PatchVM's error when a `test` op of
-// the patch failed: the VM changed since the plugin last saw it.
-var ErrPatchConflict = errors.New("VirtualMachine changed under the patch")
-
-// Client is the plugin's reads and writes of the cluster beyond its watches.
-type Client interface {
-	// GetVM reads a VirtualMachine from the apiserver.
-	GetVM(ctx context.Context, namespace, name string) (*vmv1.VirtualMachine, error)
-	// PatchVM applies a JSON patch to a VirtualMachine and returns it as
-	// patched.
-	PatchVM(ctx context.Context, namespace, name string, patch []byte) (*vmv1.VirtualMachine, error)
-	// CreateMigration creates a VirtualMachineMigration; one that already
-	// exists counts as created.
-	CreateMigration(ctx context.Context, m *vmv1.VirtualMachineMigration) error
-	// DeleteMigration deletes one; a missing one counts as deleted.
-	DeleteMigration(ctx context.Context, namespace, name string) error
-}
 
 // MaxRequestPatches bounds the VM writes the permit path has in flight.
 // Beyond what the apiserver can take, more concurrent writes only make each
@@ -82,7 +58,7 @@ func (v *vmEntry) notify() {
 // migrations through Client.
 type Enforcer struct {
 	cfg     config.Config
-	log     logr.Logger
+	log     *slog.Logger
 	clock   clock.WithTicker
 	client  Client
 	metrics *Metrics
@@ -95,13 +71,17 @@ type Enforcer struct {
 	// nodeLabels feed the per-node metrics' extra labels.
 	nodeLabels map[string]map[string]string
 
-	queue workqueue.TypedRateLimitingInterface[string]
+	queue workqueue.TypedRateLimitingInterface[queueKey]
 	// writeSlots holds one token per permit-path VM write in flight.
 	writeSlots chan struct{}
 }
 
-// NewEnforcer makes an Enforcer that grants nothing until Start.
-func NewEnforcer(cfg config.Config, log logr.Logger, clk clock.WithTicker, client Client, metrics *Metrics) *Enforcer {
+// NewEnforcer makes an Enforcer that grants nothing until Start; a nil log
+// drops its lines.
+func NewEnforcer(cfg config.Config, log *slog.Logger, clk clock.WithTicker, client Client, metrics *Metrics) *Enforcer {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	e := &Enforcer{
 		cfg: cfg, log: log, clock: clk, client: client, metrics: metrics,
 		st:         state.New(cfg.State()),
@@ -109,11 +89,7 @@ func NewEnforcer(cfg config.Config, log logr.Logger, clk clock.WithTicker, clien
 		vms:        map[vmKey]*vmEntry{},
 		nodeLabels: map[string]map[string]string{},
 		writeSlots: make(chan struct{}, MaxRequestPatches),
-		// A failed key is retried after patchRetryWait, doubling up to a
-		// minute while it keeps failing.
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
-			workqueue.NewTypedItemExponentialFailureRateLimiter[string](cfg.PatchRetryWait(), time.Minute),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "autoscale_enforcer", Clock: clk}),
+		queue:      newQueue(cfg.PatchRetryWait(), clk),
 	}
 	if metrics != nil {
 		metrics.watch(e)
@@ -130,168 +106,10 @@ func (e *Enforcer) entry(k vmKey) *vmEntry {
 	return v
 }
 
-// OnNode records a node's capacity.
-func (e *Enforcer) OnNode(n *corev1.Node) {
-	alloc := n.Status.Allocatable
-	total := api.Resources{
-		VCPU: vmv1.MilliCPU(max(alloc.Cpu().MilliValue(), 0)),
-		Mem:  api.Bytes(max(alloc.Memory().Value(), 0)),
-	}
-	e.mu.Lock()
-	old, known := e.st.Node(n.Name)
-	changed := !known || old.CPU.Total != uint64(total.VCPU) || old.Mem.Total != uint64(total.Mem)
-	e.st.SetNode(n.Name, total)
-	e.nodeLabels[n.Name] = n.Labels
-	e.mu.Unlock()
-	if changed {
-		e.queue.Add("node/" + n.Name)
-	}
-}
-
-// OnNodeDelete forgets a node.
-func (e *Enforcer) OnNodeDelete(name string) {
-	e.mu.Lock()
-	e.st.RemoveNode(name)
-	delete(e.nodeLabels, name)
-	e.mu.Unlock()
-}
-
-// OnPod records a pod.
-func (e *Enforcer) OnPod(p *corev1.Pod) {
-	if e.cfg.Ignored(p.Namespace) {
-		return
-	}
-	info, err := vmpod.PodFromObject(p)
-	if err != nil {
-		e.log.Error(err, "pod annotations unreadable; accounting it by what could be read", "pod", info.Key.String())
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if old := e.pods[info.Key]; old != nil && old.VM != info.VM && old.VM != "" {
-		delete(e.entry(vmKey{info.Key.Namespace, old.VM}).pods, info.Key)
-	}
-	e.pods[info.Key] = info
-	if info.VM != "" {
-		v := e.entry(vmKey{info.Key.Namespace, info.VM})
-		v.pods[info.Key] = struct{}{}
-		v.notify()
-	}
-	e.recomputeLocked(info.Key)
-	if info.VM != "" {
-		e.queue.Add("pod/" + info.Key.String())
-	}
-}
-
-// OnPodDelete forgets a pod and frees what it held.
-func (e *Enforcer) OnPodDelete(key state.PodKey) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	info := e.pods[key]
-	delete(e.pods, key)
-	if info != nil && info.VM != "" {
-		if v := e.vms[vmKey{key.Namespace, info.VM}]; v != nil {
-			delete(v.pods, key)
-			v.notify()
-			e.dropIfUnusedLocked(vmKey{key.Namespace, info.VM})
-		}
-	}
-	if old, ok := e.st.RemovePod(key); ok && old.Node != "" {
-		e.queue.Add("node/" + old.Node)
-	}
-}
-
-// OnVM records a VirtualMachine. Updates older than what the plugin already
-// holds (its own patch's result can overtake the watch) are ignored.
-func (e *Enforcer) OnVM(obj *vmv1.VirtualMachine) {
-	vm, err := vmpod.VMFromObject(obj)
-	if err != nil {
-		e.log.Error(err, "VM annotations unreadable; ignoring the bad ones", "vm", obj.Namespace+"/"+obj.Name)
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.setVMLocked(vm)
-}
-
-func (e *Enforcer) setVMLocked(vm *vmpod.VM) {
-	k := vmKey{vm.Namespace, vm.Name}
-	v := e.entry(k)
-	rv, _ := strconv.ParseUint(vm.ResourceVersion, 10, 64)
-	if v.vm != nil && rv != 0 && rv < v.rv {
-		return
-	}
-	v.vm, v.rv = vm, rv
-	if v.decidedFor != nil && (vm.Requested == nil || *vm.Requested != *v.decidedFor) {
-		v.decidedFor = nil
-	}
-	v.notify()
-	for key := range v.pods {
-		e.recomputeLocked(key)
-	}
-	if vm.PodName != "" {
-		e.queue.Add("pod/" + vm.Namespace + "/" + vm.PodName)
-	}
-}
-
-// OnVMDelete forgets a VirtualMachine.
-func (e *Enforcer) OnVMDelete(namespace, name string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	k := vmKey{namespace, name}
-	v := e.vms[k]
-	if v == nil {
-		return
-	}
-	v.vm = nil
-	v.notify()
-	for key := range v.pods {
-		e.recomputeLocked(key)
-	}
-	e.dropIfUnusedLocked(k)
-}
-
 func (e *Enforcer) dropIfUnusedLocked(k vmKey) {
 	if v := e.vms[k]; v != nil && v.vm == nil && len(v.pods) == 0 && len(v.migrations) == 0 {
 		delete(e.vms, k)
 	}
-}
-
-// OnMigration records a VirtualMachineMigration: while one is unfinished,
-// its VM's pod counts as migrating; a finished one the plugin created is
-// deleted.
-func (e *Enforcer) OnMigration(m *vmv1.VirtualMachineMigration) {
-	finished := m.Status.Phase == vmv1.VmmSucceeded || m.Status.Phase == vmv1.VmmFailed
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	k := vmKey{m.Namespace, m.Spec.VMName}
-	v := e.entry(k)
-	if finished {
-		delete(v.migrations, m.Name)
-	} else {
-		v.migrations[m.Name] = true
-	}
-	for key := range v.pods {
-		e.recomputeLocked(key)
-	}
-	if finished && m.Labels[vmpod.CreatedBySchedulerLabel] == "true" {
-		e.queue.Add("vmm/" + m.Namespace + "/" + m.Name)
-	}
-	e.dropIfUnusedLocked(k)
-}
-
-// OnMigrationDelete forgets a VirtualMachineMigration.
-func (e *Enforcer) OnMigrationDelete(namespace, name, vmName string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	k := vmKey{namespace, vmName}
-	v := e.vms[k]
-	if v == nil {
-		return
-	}
-	delete(v.migrations, name)
-	for key := range v.pods {
-		e.recomputeLocked(key)
-	}
-	e.dropIfUnusedLocked(k)
 }
 
 // recordLocked is the accounting's view of a known pod.
@@ -329,29 +147,14 @@ func (e *Enforcer) recomputeLocked(key state.PodKey) {
 	}
 	e.st.SetPod(rec)
 	if known && old.Node != "" && (old.Node != rec.Node || rec.Reserved.AnyAbove(old.Reserved) || old.Reserved.AnyAbove(rec.Reserved)) {
-		e.queue.Add("node/" + old.Node)
+		e.queue.Add(nodeItem(old.Node))
 	}
 	// A new placement, or a tentative one confirmed by its binding (only a
 	// confirmed pod may be migrated away: the node's watermark check must
 	// run again).
 	if rec.Node != "" && (rec.Node != old.Node || old.Tentative != rec.Tentative) {
-		e.queue.Add("node/" + rec.Node)
+		e.queue.Add(nodeItem(rec.Node))
 	}
-}
-
-// podForFilter is the accounting's view of any pod the scheduler shows,
-// known to the watch or not yet. Only the watch places a pod: the
-// scheduler's copy names the node it assumed for the pod from the scheduling
-// cycle's Reserve on, before any binding, and the plugin's watch can trail
-// the scheduler's, so a pod first seen here is placed nowhere.
-func (e *Enforcer) podForFilterLocked(p *corev1.Pod) state.Pod {
-	key := state.PodKey{Namespace: p.Namespace, Name: p.Name}
-	if rec, ok := e.st.Pod(key); ok {
-		return rec
-	}
-	info, _ := vmpod.PodFromObject(p)
-	info.Node = ""
-	return e.recordLocked(info)
 }
 
 // Ready reports whether startup is complete.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -13,7 +14,6 @@ import (
 	"time"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
-	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -24,7 +24,6 @@ import (
 	"github.com/vmscale/vmscale/pkg/plugin/config"
 	"github.com/vmscale/vmscale/pkg/plugin/permit"
 	"github.com/vmscale/vmscale/pkg/plugin/state"
-	"github.com/vmscale/vmscale/pkg/plugin/vmpod"
 )
 
 const gi = api.Bytes(1 << 30)
@@ -148,7 +147,7 @@ type fixture struct {
 
 func newFixture(t *testing.T, start bool) *fixture {
 	fc := newFakeCluster()
-	e := NewEnforcer(testConfig(), logr.Discard(), clock.RealClock{}, fc, NewMetrics(nil))
+	e := NewEnforcer(testConfig(), slog.New(slog.DiscardHandler), clock.RealClock{}, fc, NewMetrics(nil))
 	fc.onWrite = e.OnVM
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -234,8 +233,8 @@ func TestPermitFlowGrantsAndRecords(t *testing.T) {
 		t.Fatalf("an upscale took %d VM writes, want 1 (request and approval together)", f.fc.patches)
 	}
 	ann := f.annotations("a")
-	if ann[vmpod.RequestedAnnotation] != `{"vCPUs":2,"mem":"8Gi"}` || ann[vmpod.ApprovedAnnotation] != `{"vCPUs":2,"mem":"8Gi"}` ||
-		ann[vmpod.ScalingUnitAnnotation] != `{"vCPUs":"250m","mem":"1Gi"}` {
+	if ann[api.RequestedAnnotation] != `{"vCPUs":2,"mem":"8Gi"}` || ann[api.ApprovedAnnotation] != `{"vCPUs":2,"mem":"8Gi"}` ||
+		ann[api.ScalingUnitAnnotation] != `{"vCPUs":"250m","mem":"1Gi"}` {
 		t.Fatalf("annotations %v", ann)
 	}
 	// A steady request within the last permit: answered with no write.
@@ -278,7 +277,7 @@ func TestPermitCappedAtFreeCapacity(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "b granted after a shrank", func() bool {
-		return f.annotations("b")[vmpod.ApprovedAnnotation] == `{"vCPUs":1,"mem":"4Gi"}`
+		return f.annotations("b")[api.ApprovedAnnotation] == `{"vCPUs":1,"mem":"4Gi"}`
 	})
 }
 
@@ -416,7 +415,7 @@ func TestRestartKeepsReservations(t *testing.T) {
 func TestMigrationPastWatermark(t *testing.T) {
 	f := newFixture(t, true)
 	f.node("n", 4000, 16*gi)
-	mig := map[string]string{vmpod.AutoMigrationLabel: "true"}
+	mig := map[string]string{api.AutoMigrationLabel: "true"}
 	f.vm("old", "n", 1000, 2, mig)
 	f.vm("young", "n", 1000, 2, mig)
 	f.vm("pinned", "n", 1000, 2, nil)
@@ -449,7 +448,7 @@ func TestMigrationPastWatermark(t *testing.T) {
 	if migrating != 1000 {
 		t.Fatalf("migrating %dm, want old's 1000m", migrating)
 	}
-	if err := f.e.reconcileNode(context.Background(), "n"); err != nil {
+	if err := f.e.rebalanceNode(context.Background(), "n"); err != nil {
 		t.Fatal(err)
 	}
 	f.fc.mu.Lock()
@@ -469,7 +468,7 @@ func TestMigrationPastWatermark(t *testing.T) {
 		defer f.fc.mu.Unlock()
 		return len(f.fc.migrations) == 0
 	})
-	if err := f.e.reconcileNode(context.Background(), "n"); err != nil {
+	if err := f.e.rebalanceNode(context.Background(), "n"); err != nil {
 		t.Fatal(err)
 	}
 	f.fc.mu.Lock()
@@ -524,8 +523,8 @@ func TestLastPermitNeverRaisesTheApproval(t *testing.T) {
 	if n, _ := f.e.st.Node("n"); n.OverBudget() {
 		t.Fatalf("node over budget: %+v", n.CPU)
 	}
-	if ann := f.annotations("a"); ann[vmpod.ApprovedAnnotation] != `{"vCPUs":1,"mem":"4Gi"}` {
-		t.Fatalf("approval %q", ann[vmpod.ApprovedAnnotation])
+	if ann := f.annotations("a"); ann[api.ApprovedAnnotation] != `{"vCPUs":1,"mem":"4Gi"}` {
+		t.Fatalf("approval %q", ann[api.ApprovedAnnotation])
 	}
 	// Asked again: answered from memory, no write.
 	before := f.fc.patches
@@ -543,16 +542,16 @@ func TestStaleViewRecovers(t *testing.T) {
 	f.vm("a", "n", 1000, 4, nil)
 	f.fc.edit("ns", "a", func(vm *vmv1.VirtualMachine) {
 		vm.Annotations = map[string]string{
-			vmpod.ScalingUnitAnnotation: `{"vCPUs":"250m","mem":"1Gi"}`,
-			vmpod.RequestedAnnotation:   `{"vCPUs":"1500m","mem":"6Gi"}`,
-			vmpod.ApprovedAnnotation:    `{"vCPUs":1,"mem":"4Gi"}`,
+			api.ScalingUnitAnnotation: `{"vCPUs":"250m","mem":"1Gi"}`,
+			api.RequestedAnnotation:   `{"vCPUs":"1500m","mem":"6Gi"}`,
+			api.ApprovedAnnotation:    `{"vCPUs":1,"mem":"4Gi"}`,
 		}
 	})
 	got, err := f.e.Permit(context.Background(), request("a-pod", r(2000, 8*gi), &api.Resources{VCPU: 1000, Mem: 4 * gi}))
 	if err != nil || got != r(2000, 8*gi) {
 		t.Fatalf("permit %v, %v", got, err)
 	}
-	if ann := f.annotations("a"); ann[vmpod.RequestedAnnotation] != `{"vCPUs":2,"mem":"8Gi"}` || ann[vmpod.ApprovedAnnotation] != `{"vCPUs":2,"mem":"8Gi"}` {
+	if ann := f.annotations("a"); ann[api.RequestedAnnotation] != `{"vCPUs":2,"mem":"8Gi"}` || ann[api.ApprovedAnnotation] != `{"vCPUs":2,"mem":"8Gi"}` {
 		t.Fatalf("annotations %v", ann)
 	}
 }

@@ -2,9 +2,9 @@ package plugin
 
 import (
 	"context"
+	"log/slog"
 	"testing"
 
-	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -55,7 +55,7 @@ func TestHooks(t *testing.T) {
 	f.node("n", 2000, 8*gi)
 	f.vm("a", "n", 1000, 4, nil) // holds 1 vCPU / 4Gi on n
 	cfg := testConfig()
-	p := &AutoscaleEnforcer{e: f.e, cfg: cfg, log: logr.Discard()}
+	p := &AutoscaleEnforcer{e: f.e, cfg: cfg, log: slog.New(slog.DiscardHandler)}
 	ctx := context.Background()
 	var aPod corev1.Pod
 	aPod.Namespace, aPod.Name = "ns", "a-pod"
@@ -166,7 +166,7 @@ func TestLoadConfigFromArgs(t *testing.T) {
 func TestReserveBeforeTheWatchSeesThePod(t *testing.T) {
 	f := newFixture(t, true)
 	f.node("n", 2000, 8*gi)
-	p := &AutoscaleEnforcer{e: f.e, cfg: testConfig(), log: logr.Discard()}
+	p := &AutoscaleEnforcer{e: f.e, cfg: testConfig(), log: slog.New(slog.DiscardHandler)}
 	ctx := context.Background()
 	n, _ := f.e.st.Node("n")
 	assumed := func(name string) *corev1.Pod {

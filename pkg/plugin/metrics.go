@@ -220,7 +220,7 @@ func ServeMetrics(ctx context.Context, addr string, m *Metrics, ready func() boo
 	}()
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			m.enforcer.log.Error(err, "metrics server stopped")
+			m.enforcer.log.Error("metrics server stopped", "err", err)
 		}
 	}()
 	return nil

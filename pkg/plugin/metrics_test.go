@@ -1,11 +1,11 @@
 package plugin
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -17,7 +17,7 @@ import (
 
 func TestNodeMetrics(t *testing.T) {
 	m := NewMetrics(map[string]string{"pool": "example.com/pool"})
-	e := NewEnforcer(testConfig(), logr.Discard(), clock.RealClock{}, newFakeCluster(), m)
+	e := NewEnforcer(testConfig(), slog.New(slog.DiscardHandler), clock.RealClock{}, newFakeCluster(), m)
 	e.OnNode(&corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: "n", Labels: map[string]string{"example.com/pool": "db"}},
 		Status: corev1.NodeStatus{Allocatable: corev1.ResourceList{

@@ -4,37 +4,50 @@
 // VirtualMachines, and migrates VMs off nodes past their watermark
 // (spec/protocols.md §1 and §5). The accounting itself is in state, the
 // wire handling in permit, the object reading in vmpod.
+//
+// Here, an agent's request runs permit_handler.go (record it, decide at
+// once when the pod can grow now, else wait for a worker) and writeback.go
+// (the one writer of a VM's annotations). The workers (queue.go) decide
+// what an agent's request could not (approve.go) and move VMs off full
+// nodes (migrate.go); events.go feeds the cluster's changes in, and each
+// scheduler extension point has its file (filter.go, score.go, reserve.go,
+// postfilter.go).
 package plugin
 
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
+	"log/slog"
 	"strings"
 
 	"github.com/go-logr/logr"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/yaml"
 
-	vmv1 "github.com/vmscale/vmscale/api/v1"
-	"github.com/vmscale/vmscale/pkg/api"
 	"github.com/vmscale/vmscale/pkg/plugin/config"
 	"github.com/vmscale/vmscale/pkg/plugin/permit"
-	"github.com/vmscale/vmscale/pkg/plugin/state"
 )
 
 // Name is the plugin's name in the scheduler configuration.
 const Name = "AutoscaleEnforcer"
 
+// Verbosities of the plugin's detail lines, as klog -v levels (the bridge
+// to klog maps slog level -n to V(n)), so the same -v shows the same lines.
+const (
+	// levelRetry: a reconcile failed once and will be retried.
+	levelRetry = slog.Level(-2)
+	// levelDetail: each approval written and each pod that fits nowhere.
+	levelDetail = slog.Level(-3)
+)
+
 // AutoscaleEnforcer is the framework side of the plugin.
 type AutoscaleEnforcer struct {
 	e   *Enforcer
 	cfg config.Config
-	log logr.Logger
+	log *slog.Logger
 }
 
 var (
@@ -50,7 +63,11 @@ var (
 // lists and watches the cluster, and returns once startup is complete (or
 // fails if that takes longer than startupEventHandlingTimeoutSeconds).
 func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
-	log := klog.FromContext(ctx).WithName(Name)
+	// The plugin logs through slog; its lines go to the scheduler's own
+	// logger (klog), named as before, so operators find them where they
+	// always were.
+	klogger := klog.FromContext(ctx).WithName(Name)
+	log := toSlog(klogger)
 	cfg, err := loadConfig(obj)
 	if err != nil {
 		return nil, err
@@ -68,7 +85,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	listening := make(chan string, 1)
 	serveErr := make(chan error, 1)
 	go func() {
-		serveErr <- permit.Serve(ctx, cfg.PermitAddr, &permit.Handler{Backend: e, Log: log.WithName("permit"), Observe: metrics.ObservePermit}, listening)
+		serveErr <- permit.Serve(ctx, cfg.PermitAddr, &permit.Handler{Backend: e, Log: toSlog(klogger.WithName("permit")), Observe: metrics.ObservePermit}, listening)
 	}()
 	select {
 	case addr := <-listening:
@@ -83,6 +100,24 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	e.Start(ctx, cfg.ReconcileWorkers)
 	return &AutoscaleEnforcer{e: e, cfg: cfg, log: log}, nil
 }
+
+// toSlog bridges slog to the scheduler's logr logger. The bridge goes
+// through the logger's plain logr methods: klog's own slog support (its
+// logr.SlogSink) drops the logger's name and values, which would lose the
+// logger="AutoscaleEnforcer" and pod="…" keys of every line.
+func toSlog(l logr.Logger) *slog.Logger {
+	// One frame more (the bridge's) so klog's global logger, the
+	// scheduler's with its default text format, names the caller's line.
+	l = l.WithCallDepth(1)
+	return slog.New(logr.ToSlogHandler(logr.New(plainSink{l.GetSink()})))
+}
+
+// plainSink hides every method but logr.LogSink's, so logr's slog bridge
+// uses those; deriving a sink keeps it hidden.
+type plainSink struct{ logr.LogSink }
+
+func (s plainSink) WithValues(kv ...any) logr.LogSink { return plainSink{s.LogSink.WithValues(kv...)} }
+func (s plainSink) WithName(name string) logr.LogSink { return plainSink{s.LogSink.WithName(name)} }
 
 func loadConfig(obj runtime.Object) (config.Config, error) {
 	u, ok := obj.(*runtime.Unknown)
@@ -104,109 +139,3 @@ func loadConfig(obj runtime.Object) (config.Config, error) {
 
 // Name is the plugin's name.
 func (p *AutoscaleEnforcer) Name() string { return Name }
-
-// Filter refuses a node where the pod's reservation would not fit next to
-// the pods the scheduler has there (bound or assumed).
-func (p *AutoscaleEnforcer) Filter(_ context.Context, _ fwk.CycleState, pod *corev1.Pod, nodeInfo fwk.NodeInfo) *fwk.Status {
-	if pod.Spec.SchedulerName != p.cfg.SchedulerName {
-		return fwk.AsStatus(fmt.Errorf("pod %s/%s has schedulerName %q, not %q", pod.Namespace, pod.Name, pod.Spec.SchedulerName, p.cfg.SchedulerName))
-	}
-	node := nodeInfo.Node()
-	if node == nil {
-		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "node not found")
-	}
-	alloc := nodeInfo.GetAllocatable()
-	total := api.Resources{VCPU: vmv1.MilliCPU(max(alloc.GetMilliCPU(), 0)), Mem: api.Bytes(max(alloc.GetMemory(), 0))}
-	e := p.e
-	e.mu.Lock()
-	held := make([]state.Pod, 0, len(nodeInfo.GetPods()))
-	for _, pi := range nodeInfo.GetPods() {
-		other := pi.GetPod()
-		if other.Namespace == pod.Namespace && other.Name == pod.Name {
-			continue
-		}
-		held = append(held, e.podForFilterLocked(other))
-	}
-	candidate := e.podForFilterLocked(pod)
-	e.mu.Unlock()
-	if !state.FitsIn(total, held, candidate) {
-		return fwk.NewStatus(fwk.Unschedulable, "Not enough resources for Pod")
-	}
-	return nil
-}
-
-// Score prefers nodes by the state's usage curve.
-func (p *AutoscaleEnforcer) Score(_ context.Context, _ fwk.CycleState, pod *corev1.Pod, nodeInfo fwk.NodeInfo) (int64, *fwk.Status) {
-	e := p.e
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.st.Score(nodeInfo.Node().Name, e.podForFilterLocked(pod)), nil
-}
-
-// ScoreExtensions has NormalizeScore.
-func (p *AutoscaleEnforcer) ScoreExtensions() fwk.ScoreExtensions { return p }
-
-// NormalizeScore spreads equal nodes: with randomize on, each non-zero
-// score becomes a random one between 1 and itself.
-func (p *AutoscaleEnforcer) NormalizeScore(_ context.Context, _ fwk.CycleState, _ *corev1.Pod, scores fwk.NodeScoreList) *fwk.Status {
-	if !p.cfg.Scoring.Randomize {
-		return nil
-	}
-	for i := range scores {
-		if scores[i].Score > 0 {
-			scores[i].Score = 1 + rand.Int64N(scores[i].Score)
-		}
-	}
-	return nil
-}
-
-// Reserve holds the pod's reservation on the chosen node until its binding
-// shows up. It never refuses a placement (the scheduler decided; a node left
-// over budget is counted in a metric), only a pod the watch has already
-// seen bound to another node. A pod already bound to this node is a repeated
-// attempt for a placement that happened, and holds nothing more.
-func (p *AutoscaleEnforcer) Reserve(_ context.Context, _ fwk.CycleState, pod *corev1.Pod, nodeName string) *fwk.Status {
-	e := p.e
-	if e.cfg.Ignored(pod.Namespace) {
-		return nil
-	}
-	e.mu.Lock()
-	err := e.st.Reserve(e.podForFilterLocked(pod), nodeName)
-	over := false
-	if n, ok := e.st.Node(nodeName); ok {
-		over = n.OverBudget()
-	}
-	e.mu.Unlock()
-	if err != nil {
-		return fwk.AsStatus(err)
-	}
-	if over {
-		e.metrics.reserveOverBudget()
-		p.log.Info("reserved a pod on a node now over budget", "pod", pod.Namespace+"/"+pod.Name, "node", nodeName)
-	}
-	e.queue.Add("node/" + nodeName)
-	return nil
-}
-
-// Unreserve drops a tentative reservation on nodeName; a pod the watch has
-// not shown is forgotten altogether.
-func (p *AutoscaleEnforcer) Unreserve(_ context.Context, _ fwk.CycleState, pod *corev1.Pod, nodeName string) {
-	e := p.e
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	key := state.PodKey{Namespace: pod.Namespace, Name: pod.Name}
-	_, watched := e.pods[key]
-	if e.st.Unreserve(key, nodeName, !watched) {
-		e.queue.Add("node/" + nodeName)
-	}
-}
-
-// PostFilter only counts pods that fit nowhere.
-func (p *AutoscaleEnforcer) PostFilter(_ context.Context, _ fwk.CycleState, pod *corev1.Pod, _ fwk.NodeToStatusReader) (*fwk.PostFilterResult, *fwk.Status) {
-	p.e.metrics.podUnschedulable()
-	p.log.V(3).Info("no node has room", "pod", pod.Namespace+"/"+pod.Name)
-	return nil, fwk.NewStatus(fwk.Unschedulable)
-}
-
-// Permit answers an agent; see Enforcer.Permit.
-var _ permit.Backend = (*Enforcer)(nil)

@@ -6,19 +6,10 @@
 package top
 
 import (
-	"encoding/json"
-	"fmt"
 	"time"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/pkg/api"
-	"github.com/vmscale/vmscale/pkg/plugin/vmpod"
-)
-
-// Annotations the scheduler plugin writes on a VM (spec/protocols.md §1, §5).
-const (
-	ApprovedAnnotation  = vmpod.ApprovedAnnotation
-	RequestedAnnotation = vmpod.RequestedAnnotation
 )
 
 // Sample is one look at one VM.
@@ -83,8 +74,8 @@ func FromVM(vm *vmv1.VirtualMachine, now time.Time) Sample {
 		}
 	}
 	var errs []string
-	s.Permit = annotation(vm, ApprovedAnnotation, &errs)
-	s.Requested = annotation(vm, RequestedAnnotation, &errs)
+	s.Permit = annotation(vm, api.ApprovedAnnotation, &errs)
+	s.Requested = annotation(vm, api.RequestedAnnotation, &errs)
 	if len(errs) > 0 {
 		s.PermitErr = errs[0]
 	}
@@ -106,16 +97,11 @@ func (s *Sample) SetLoad(load1 float64, err error) {
 }
 
 func annotation(vm *vmv1.VirtualMachine, key string, errs *[]string) *api.Resources {
-	raw, ok := vm.Annotations[key]
-	if !ok {
-		return nil
+	r, _, _, err := api.ResourcesAnnotation(vm.Annotations, key)
+	if err != nil {
+		*errs = append(*errs, err.Error())
 	}
-	var r api.Resources
-	if err := json.Unmarshal([]byte(raw), &r); err != nil {
-		*errs = append(*errs, fmt.Sprintf("annotation %s: %v", key, err))
-		return nil
-	}
-	return &r
+	return r
 }
 
 func scalingOf(target, current *vmv1.RevisionWithTime, now time.Time) Scaling {

@@ -56,7 +56,7 @@ func TestRow(t *testing.T) {
 			name: "scaling up, permit granted, controller not there yet",
 			vm: vm(func(v *vmv1.VirtualMachine) {
 				v.Status.Phase = vmv1.VmScaling
-				v.Annotations = map[string]string{ApprovedAnnotation: `{"vCPUs":2,"mem":"1Gi"}`, RequestedAnnotation: `{"vCPUs":2,"mem":"1Gi"}`}
+				v.Annotations = map[string]string{api.ApprovedAnnotation: `{"vCPUs":2,"mem":"1Gi"}`, api.RequestedAnnotation: `{"vCPUs":2,"mem":"1Gi"}`}
 				v.Spec.TargetRevision = revision(3, vmv1.RevisionFlagUpscale, t0.Add(-4*time.Second))
 				v.Status.CurrentRevision = revision(2, vmv1.RevisionFlagDownscale, t0.Add(-time.Minute))
 			}),
@@ -68,7 +68,7 @@ func TestRow(t *testing.T) {
 			vm: vm(func(v *vmv1.VirtualMachine) {
 				v.Status.CPUs = ptr(vmv1.MilliCPU(2000))
 				v.Status.MemorySize = ptr(resource.MustParse("1Gi"))
-				v.Annotations = map[string]string{ApprovedAnnotation: `{"vCPUs":2,"mem":"1Gi"}`}
+				v.Annotations = map[string]string{api.ApprovedAnnotation: `{"vCPUs":2,"mem":"1Gi"}`}
 				v.Spec.TargetRevision = revision(3, vmv1.RevisionFlagUpscale, t0.Add(-10*time.Second))
 				v.Status.CurrentRevision = revision(3, vmv1.RevisionFlagUpscale, t0.Add(-8*time.Second))
 			}),
@@ -80,7 +80,7 @@ func TestRow(t *testing.T) {
 			vm: vm(func(v *vmv1.VirtualMachine) {
 				v.Spec.Guest.CPUs.Use, v.Spec.Guest.MemorySlots.Use = 500, 6
 				v.Status.CPUs, v.Status.MemorySize = ptr(vmv1.MilliCPU(500)), ptr(resource.MustParse("1536Mi"))
-				v.Annotations = map[string]string{ApprovedAnnotation: `{"vCPUs":"500m","mem":"1536Mi"}`, RequestedAnnotation: `{"vCPUs":2,"mem":"2Gi"}`}
+				v.Annotations = map[string]string{api.ApprovedAnnotation: `{"vCPUs":"500m","mem":"1536Mi"}`, api.RequestedAnnotation: `{"vCPUs":2,"mem":"2Gi"}`}
 				v.Spec.TargetRevision = revision(7, vmv1.RevisionFlagDownscale, t0.Add(-3*time.Second))
 				v.Status.CurrentRevision = revision(7, vmv1.RevisionFlagDownscale, t0.Add(-3*time.Second))
 			}),
@@ -90,7 +90,7 @@ func TestRow(t *testing.T) {
 		{
 			name: "scrape failed and a bad annotation: both in the note, cut to maxNote",
 			vm: vm(func(v *vmv1.VirtualMachine) {
-				v.Annotations = map[string]string{ApprovedAnnotation: `{"vCPUs":"lots"}`}
+				v.Annotations = map[string]string{api.ApprovedAnnotation: `{"vCPUs":"lots"}`}
 			}),
 			load: func(s *Sample) { s.SetLoad(0, errors.New("dial tcp 10.250.1.7:9100: connect: connection refused")) },
 			want: "18:30:05  pg-1  Running       1.25/2     768Mi/1Gi    ?      ?           -          1         node-a      " +

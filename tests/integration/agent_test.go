@@ -35,7 +35,6 @@ import (
 	"github.com/vmscale/vmscale/pkg/api"
 	"github.com/vmscale/vmscale/pkg/guestmetrics"
 	"github.com/vmscale/vmscale/pkg/monitor"
-	"github.com/vmscale/vmscale/pkg/plugin/vmpod"
 )
 
 // guestProc is a /proc the test writes: the guest exporter reads its load
@@ -267,7 +266,7 @@ func TestAgentScalesVMUpAndDown(t *testing.T) {
 				if g.CPUs.Use < 250 || g.CPUs.Use > 1000 || g.MemorySlots.Use < 1 || g.MemorySlots.Use > 4 {
 					bad = fmt.Sprintf("use %s outside bounds", use)
 				}
-				if a, ok := got.Annotations[vmpod.ApprovedAnnotation]; ok {
+				if a, ok := got.Annotations[api.ApprovedAnnotation]; ok {
 					var approved api.Resources
 					if json.Unmarshal([]byte(a), &approved) == nil && use.AnyAbove(approved) && use.AnyAbove(api.Resources{VCPU: 250, Mem: 1 << 30}) {
 						bad = fmt.Sprintf("use %s above the plugin's approval %s", use, approved)
@@ -336,7 +335,7 @@ func TestAgentScalesVMUpAndDown(t *testing.T) {
 		return fmt.Errorf("monitor log %v", mon.log)
 	})
 	t.Logf("upscale to max: monitor notified %s after the load rose", time.Since(start).Round(time.Millisecond))
-	approved := getVM(t, ns, "vm").Annotations[vmpod.ApprovedAnnotation]
+	approved := getVM(t, ns, "vm").Annotations[api.ApprovedAnnotation]
 	if approved != `{"vCPUs":1,"mem":"4Gi"}` {
 		t.Fatalf("plugin's approval on the VM: %q", approved)
 	}
@@ -391,7 +390,7 @@ func TestAgentScalesVMUpAndDown(t *testing.T) {
 	waitFor("downscale to min", api.Resources{VCPU: 250, Mem: 1 << 30})
 	t.Logf("downscale to min: %s after the monitor started approving", time.Since(start).Round(time.Millisecond))
 	eventually(t, 30*time.Second, "plugin told of the downscale", func() error {
-		if a := getVM(t, ns, "vm").Annotations[vmpod.ApprovedAnnotation]; a != `{"vCPUs":"250m","mem":"1Gi"}` {
+		if a := getVM(t, ns, "vm").Annotations[api.ApprovedAnnotation]; a != `{"vCPUs":"250m","mem":"1Gi"}` {
 			return fmt.Errorf("approval %s", a)
 		}
 		return nil

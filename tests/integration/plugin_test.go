@@ -17,7 +17,6 @@ import (
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/pkg/api"
-	"github.com/vmscale/vmscale/pkg/plugin/vmpod"
 )
 
 const gib = api.Bytes(1 << 30)
@@ -134,9 +133,9 @@ func TestAutoscaleScheduler(t *testing.T) {
 		}
 		vm := getVM(t, ns, "a")
 		want := map[string]string{
-			vmpod.ScalingUnitAnnotation: `{"vCPUs":"250m","mem":"1Gi"}`,
-			vmpod.RequestedAnnotation:   `{"vCPUs":2,"mem":"8Gi"}`,
-			vmpod.ApprovedAnnotation:    `{"vCPUs":"1500m","mem":"6Gi"}`,
+			api.ScalingUnitAnnotation: `{"vCPUs":"250m","mem":"1Gi"}`,
+			api.RequestedAnnotation:   `{"vCPUs":2,"mem":"8Gi"}`,
+			api.ApprovedAnnotation:    `{"vCPUs":"1500m","mem":"6Gi"}`,
 		}
 		for k, v := range want {
 			if vm.Annotations[k] != v {
@@ -314,7 +313,7 @@ func TestAutoscaleScheduler(t *testing.T) {
 		}
 		eventually(t, 10*time.Second, "b granted the freed room", func() error {
 			vm := getVM(t, ns, "b")
-			if got := vm.Annotations[vmpod.ApprovedAnnotation]; got != `{"vCPUs":1,"mem":"4Gi"}` {
+			if got := vm.Annotations[api.ApprovedAnnotation]; got != `{"vCPUs":1,"mem":"4Gi"}` {
 				return fmt.Errorf("b approved %q", got)
 			}
 			return nil
@@ -376,7 +375,7 @@ func TestAutoscaleScheduler(t *testing.T) {
 			for i := 0; i < n; i++ {
 				vm := getVM(t, cns, fmt.Sprintf("c%d", i))
 				var a api.Resources
-				if err := jsonUnmarshal(vm.Annotations[vmpod.ApprovedAnnotation], &a); err != nil {
+				if err := jsonUnmarshal(vm.Annotations[api.ApprovedAnnotation], &a); err != nil {
 					return fmt.Errorf("c%d: %w", i, err)
 				}
 				if a.VCPU < permits[i].VCPU {
@@ -399,7 +398,7 @@ func TestAutoscaleScheduler(t *testing.T) {
 		mns := newNamespace(t, fresh("plugin-migrate"))
 		t.Cleanup(func() { deleteAllIn(t, mns) })
 		createNode(t, "full-1", "full", "4", "16Gi")
-		mig := map[string]string{vmpod.AutoMigrationLabel: "true"}
+		mig := map[string]string{api.AutoMigrationLabel: "true"}
 		createVM(t, mns, "oldest", "full", 1000, 4, mig)
 		createVM(t, mns, "younger", "full", 1000, 4, mig)
 		createVM(t, mns, "pinned", "full", 1000, 4, nil)
@@ -426,7 +425,7 @@ func TestAutoscaleScheduler(t *testing.T) {
 		eventually(t, 20*time.Second, "migration created", func() error {
 			return k8sClient.Get(context.Background(), client.ObjectKey{Namespace: mns, Name: "schedplugin-oldest-runner"}, &m)
 		})
-		if m.Spec.VMName != "oldest" || m.Labels[vmpod.CreatedBySchedulerLabel] != "true" || !m.Spec.PreventsMigrationToSameHost() {
+		if m.Spec.VMName != "oldest" || m.Labels[api.CreatedBySchedulerLabel] != "true" || !m.Spec.PreventsMigrationToSameHost() {
 			t.Fatalf("migration %+v", m)
 		}
 		if err := k8sClient.List(context.Background(), &list, client.InNamespace(mns)); err != nil || len(list.Items) != 1 {

@@ -3,6 +3,8 @@ package core
 import (
 	"testing"
 	"time"
+
+	"github.com/vmscale/vmscale/pkg/api"
 )
 
 // The decision cost for one VM at a fixed clock (issue 10's benchmark):
@@ -12,7 +14,7 @@ func benchState(b *testing.B, lfc bool) *State {
 	m := newMachine(&testing.T{})
 	if lfc {
 		vm := testVM()
-		vm.Scaling.EnableLFCMetrics = true
+		vm.Scaling.EnableLFCMetrics = ptr(true)
 		m.s.UpdateVM(vm)
 		pages := make([]float64, 60)
 		for i := range pages {
@@ -72,7 +74,7 @@ func BenchmarkNextActionsLFC(b *testing.B) {
 // BenchmarkLFCWorkingSet is the estimate over 60 windows, done once per
 // LFC scrape (not per decision).
 func BenchmarkLFCWorkingSet(b *testing.B) {
-	cfg := DefaultScalingConfig()
+	cfg := api.DefaultScalingConfig()
 	pages := make([]float64, 60)
 	for i := range pages {
 		pages[i] = float64(1000 + 10*i)

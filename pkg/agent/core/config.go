@@ -11,34 +11,6 @@ import (
 	"github.com/vmscale/vmscale/pkg/api"
 )
 
-// ScalingConfig tunes how a VM's goal is computed. The agent's config file
-// holds the defaults; a VM's autoscaling.neon.tech/config annotation may
-// override any field.
-type ScalingConfig struct {
-	LoadAverageFractionTarget        float64
-	MemoryUsageFractionTarget        float64
-	MemoryTotalFractionTarget        float64
-	EnableLFCMetrics                 bool
-	LFCUseLargestWindow              bool
-	LFCToMemoryRatio                 float64
-	LFCWindowSizeMinutes             int
-	LFCMinWaitBeforeDownscaleMinutes int
-	CPUStableZoneRatio               float64
-	CPUMixedZoneRatio                float64
-}
-
-// DefaultScalingConfig is the spec's default (§4).
-func DefaultScalingConfig() ScalingConfig {
-	return ScalingConfig{
-		LoadAverageFractionTarget:        0.9,
-		MemoryUsageFractionTarget:        0.75,
-		MemoryTotalFractionTarget:        0.9,
-		LFCToMemoryRatio:                 0.75,
-		LFCWindowSizeMinutes:             5,
-		LFCMinWaitBeforeDownscaleMinutes: 5,
-	}
-}
-
 // Config is what the state machine needs of the agent's configuration.
 type Config struct {
 	// ComputeUnit is the step VMs scale by; both fields non-zero.

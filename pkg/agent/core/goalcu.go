@@ -37,9 +37,9 @@ type GoalParts struct {
 // CPUGoalCU is the CPU part of the goal: the load, blended between the 1-
 // and 5-minute averages by how far apart they are, over the target fraction,
 // in compute units.
-func CPUGoalCU(cfg ScalingConfig, cu api.Resources, m SystemMetrics) float64 {
-	stable := cfg.CPUStableZoneRatio * m.Load5
-	mixed := stable + cfg.CPUMixedZoneRatio*m.Load5
+func CPUGoalCU(cfg api.ScalingConfig, cu api.Resources, m SystemMetrics) float64 {
+	stable := *cfg.CPUStableZoneRatio * m.Load5
+	mixed := stable + *cfg.CPUMixedZoneRatio*m.Load5
 	d := math.Abs(m.Load1 - m.Load5)
 	var w float64
 	switch {
@@ -51,7 +51,7 @@ func CPUGoalCU(cfg ScalingConfig, cu api.Resources, m SystemMetrics) float64 {
 		w = (d - stable) / (mixed - stable + 1e-6)
 	}
 	load := w*m.Load1 + (1-w)*m.Load5
-	return load / cfg.LoadAverageFractionTarget / cu.VCPU.AsFloat64()
+	return load / *cfg.LoadAverageFractionTarget / cu.VCPU.AsFloat64()
 }
 
 // MemUsageBytes is the guest's memory in use plus the system reserve.
@@ -62,11 +62,11 @@ func MemUsageBytes(m SystemMetrics) float64 {
 // MemGoalCU is the memory part of the goal: usage over the usage target;
 // with a known working set, also working set (at most the page cache) plus
 // usage over the total target.
-func MemGoalCU(cfg ScalingConfig, cu api.Resources, m SystemMetrics, wssBytes *float64) float64 {
+func MemGoalCU(cfg api.ScalingConfig, cu api.Resources, m SystemMetrics, wssBytes *float64) float64 {
 	usage := MemUsageBytes(m)
-	goal := math.Round(usage/cfg.MemoryUsageFractionTarget) / float64(cu.Mem)
+	goal := math.Round(usage / *cfg.MemoryUsageFractionTarget) / float64(cu.Mem)
 	if wssBytes != nil {
-		total := (math.Min(*wssBytes, m.MemCached) + usage) / cfg.MemoryTotalFractionTarget / float64(cu.Mem)
+		total := (math.Min(*wssBytes, m.MemCached) + usage) / *cfg.MemoryTotalFractionTarget / float64(cu.Mem)
 		goal = math.Max(goal, total)
 	}
 	return goal
@@ -74,14 +74,14 @@ func MemGoalCU(cfg ScalingConfig, cu api.Resources, m SystemMetrics, wssBytes *f
 
 // LFCWorkingSetBytes estimates the working set from the per-minute windows,
 // projected for growth. ok is false when there are too few windows yet.
-func LFCWorkingSetBytes(cfg ScalingConfig, s []float64) (bytes float64, ok bool) {
-	off := cfg.LFCMinWaitBeforeDownscaleMinutes - 1
-	w := cfg.LFCWindowSizeMinutes
+func LFCWorkingSetBytes(cfg api.ScalingConfig, s []float64) (bytes float64, ok bool) {
+	off := *cfg.LFCMinWaitBeforeDownscaleMinutes - 1
+	w := *cfg.LFCWindowSizeMinutes
 	if off < 0 || w < 1 || len(s) < off+w || len(s) == 0 {
 		return 0, false
 	}
 	estimate := s[len(s)-1]
-	if !cfg.LFCUseLargestWindow {
+	if !*cfg.LFCUseLargestWindow {
 		for t := off; t < len(s)-w+1; t++ {
 			if t-w+1 < 0 {
 				continue
@@ -109,21 +109,21 @@ func LFCWorkingSetBytes(cfg ScalingConfig, s []float64) (bytes float64, ok bool)
 }
 
 // LFCGoalCU is the file-cache part of the goal.
-func LFCGoalCU(cfg ScalingConfig, cu api.Resources, wssBytes float64) float64 {
-	return wssBytes / cfg.LFCToMemoryRatio / float64(cu.Mem)
+func LFCGoalCU(cfg api.ScalingConfig, cu api.Resources, wssBytes float64) float64 {
+	return wssBytes / *cfg.LFCToMemoryRatio / float64(cu.Mem)
 }
 
 // GoalCU is the number of compute units the VM should have by its metrics:
 // ceil(max(round(cpu), mem, lfc)). Either argument may be nil; missing parts
 // count as zero.
-func GoalCU(cfg ScalingConfig, cu api.Resources, sys *SystemMetrics, lfc *LFCMetrics) (uint32, GoalParts) {
+func GoalCU(cfg api.ScalingConfig, cu api.Resources, sys *SystemMetrics, lfc *LFCMetrics) (uint32, GoalParts) {
 	return goalCU(cfg, cu, sys, workingSet(cfg, lfc))
 }
 
 // workingSet is the LFC working set in bytes, nil when LFC metrics are off
 // or too short.
-func workingSet(cfg ScalingConfig, lfc *LFCMetrics) *float64 {
-	if lfc == nil || !cfg.EnableLFCMetrics {
+func workingSet(cfg api.ScalingConfig, lfc *LFCMetrics) *float64 {
+	if lfc == nil || !*cfg.EnableLFCMetrics {
 		return nil
 	}
 	if b, ok := LFCWorkingSetBytes(cfg, lfc.WSSPages); ok {
@@ -132,7 +132,7 @@ func workingSet(cfg ScalingConfig, lfc *LFCMetrics) *float64 {
 	return nil
 }
 
-func goalCU(cfg ScalingConfig, cu api.Resources, sys *SystemMetrics, wss *float64) (uint32, GoalParts) {
+func goalCU(cfg api.ScalingConfig, cu api.Resources, sys *SystemMetrics, wss *float64) (uint32, GoalParts) {
 	var parts GoalParts
 	if wss != nil {
 		parts.LFC = LFCGoalCU(cfg, cu, *wss)

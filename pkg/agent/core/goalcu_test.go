@@ -17,12 +17,12 @@ var cu = api.Resources{VCPU: 250, Mem: gib}
 func near(a, b float64) bool { return math.Abs(a-b) < 1e-9*math.Max(1, math.Abs(b)) }
 
 func TestCPUGoalCU(t *testing.T) {
-	def := DefaultScalingConfig()
+	def := api.DefaultScalingConfig()
 	zoned := def
-	zoned.CPUStableZoneRatio, zoned.CPUMixedZoneRatio = 0.25, 0.5
+	zoned.CPUStableZoneRatio, zoned.CPUMixedZoneRatio = ptr(0.25), ptr(0.5)
 	tests := []struct {
 		name         string
-		cfg          ScalingConfig
+		cfg          api.ScalingConfig
 		load1, load5 float64
 		want         float64
 	}{
@@ -51,7 +51,7 @@ func TestCPUGoalCU(t *testing.T) {
 }
 
 func TestMemGoalCU(t *testing.T) {
-	cfg := DefaultScalingConfig()
+	cfg := api.DefaultScalingConfig()
 	m := SystemMetrics{MemTotal: float64(4 * gib), MemAvailable: float64(4*gib - 668*mib), MemCached: float64(512 * mib)}
 	// usage = 668 MiB + 100 MiB = 768 MiB; / 0.75 = 1 GiB = 1 CU.
 	if got := MemGoalCU(cfg, cu, m, nil); !near(got, 1) {
@@ -72,7 +72,7 @@ func TestMemGoalCU(t *testing.T) {
 }
 
 func TestLFCWorkingSet(t *testing.T) {
-	cfg := DefaultScalingConfig() // window 5, min wait 5: off = 4
+	cfg := api.DefaultScalingConfig() // window 5, min wait 5: off = 4
 	tests := []struct {
 		name    string
 		largest bool
@@ -97,7 +97,7 @@ func TestLFCWorkingSet(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			c := cfg
-			c.LFCUseLargestWindow = tc.largest
+			c.LFCUseLargestWindow = ptr(tc.largest)
 			got, ok := LFCWorkingSetBytes(c, tc.s)
 			if ok != tc.ok {
 				t.Fatalf("ok = %v, want %v", ok, tc.ok)
@@ -126,13 +126,13 @@ func ramp(start, step float64, n int) []float64 {
 }
 
 func TestGoalCU(t *testing.T) {
-	cfg := DefaultScalingConfig()
+	cfg := api.DefaultScalingConfig()
 	lfcOn := cfg
-	lfcOn.EnableLFCMetrics = true
+	lfcOn.EnableLFCMetrics = ptr(true)
 	idleMem := SystemMetrics{MemTotal: float64(4 * gib), MemAvailable: float64(4 * gib), MemCached: float64(3 * gib)}
 	tests := []struct {
 		name string
-		cfg  ScalingConfig
+		cfg  api.ScalingConfig
 		sys  *SystemMetrics
 		lfc  *LFCMetrics
 		want uint32
@@ -161,3 +161,5 @@ func TestGoalCU(t *testing.T) {
 		})
 	}
 }
+
+func ptr[T any](v T) *T { return &v }

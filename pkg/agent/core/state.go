@@ -19,7 +19,7 @@ type VMInfo struct {
 	// asks for is a whole number of slots.
 	SlotSize api.Bytes
 	// Scaling is the VM's scaling config: defaults with its overrides.
-	Scaling ScalingConfig
+	Scaling api.ScalingConfig
 	// Revision is spec.targetRevision's value (0 if unset).
 	Revision int64
 }
@@ -139,7 +139,7 @@ func (s *State) UpdateLFCMetrics(m LFCMetrics) {
 
 // HasAllMetrics reports whether every metric the VM's config needs is known.
 func (s *State) HasAllMetrics() bool {
-	return s.system != nil && (!s.vm.Scaling.EnableLFCMetrics || s.lfc != nil)
+	return s.system != nil && (!*s.vm.Scaling.EnableLFCMetrics || s.lfc != nil)
 }
 
 // PluginRequestStarted records that a request went to the plugin.

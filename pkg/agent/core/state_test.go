@@ -18,7 +18,7 @@ func res(milli uint32, mem api.Bytes) api.Resources {
 // testVM is 0.25–2 vCPU, 1–8 GiB in 1 GiB slots, using 1 CU.
 func testVM() VMInfo {
 	return VMInfo{Namespace: "ns", Name: "vm", Min: res(250, gib), Max: res(2000, 8*gib), Using: res(250, gib),
-		SlotSize: gib, Scaling: DefaultScalingConfig()}
+		SlotSize: gib, Scaling: api.DefaultScalingConfig()}
 }
 
 // idle is a guest with no load and little memory in use.
@@ -201,7 +201,7 @@ func TestMissingMetricsNeverDownscale(t *testing.T) {
 		t.Fatalf("no metrics: desired %s, want using %s", d.Resources, vm.Using)
 	}
 	// LFC on but its metrics missing: still no downscale.
-	vm.Scaling.EnableLFCMetrics = true
+	vm.Scaling.EnableLFCMetrics = ptr(true)
 	s.UpdateVM(vm)
 	s.UpdateSystemMetrics(idle())
 	if d := s.Desired(t0); d.Resources != vm.Using {
@@ -391,7 +391,7 @@ func TestStaleVMObjectKeepsOurPatch(t *testing.T) {
 
 func TestLFCGoalRaisesDesired(t *testing.T) {
 	vm := testVM()
-	vm.Scaling.EnableLFCMetrics = true
+	vm.Scaling.EnableLFCMetrics = ptr(true)
 	s := NewState(DefaultConfig(cu), vm)
 	s.UpdateSystemMetrics(idle())
 	// A flat 3 GiB working set: 3 GiB / 0.75 = 4 units.
@@ -401,7 +401,7 @@ func TestLFCGoalRaisesDesired(t *testing.T) {
 		t.Fatalf("desired %s parts %+v, want 4 units from the LFC", d.Resources, d.Parts)
 	}
 	// Turning LFC off through the VM's config drops it.
-	vm.Scaling.EnableLFCMetrics = false
+	vm.Scaling.EnableLFCMetrics = ptr(false)
 	s.UpdateVM(vm)
 	if d := s.Desired(t0); d.Resources != res(250, gib) {
 		t.Fatalf("LFC off: desired %s", d.Resources)

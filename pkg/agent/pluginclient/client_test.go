@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -17,7 +18,6 @@ import (
 	"time"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
-	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -176,7 +176,7 @@ func TestAgainstRealPermitServer(t *testing.T) {
 	store := &vmStore{vms: map[string]*vmv1.VirtualMachine{}}
 	cfg := config.Default()
 	cfg.Scoring.Randomize = false
-	e := plugin.NewEnforcer(cfg, logr.Discard(), clock.RealClock{}, store, plugin.NewMetrics(nil))
+	e := plugin.NewEnforcer(cfg, slog.New(slog.DiscardHandler), clock.RealClock{}, store, plugin.NewMetrics(nil))
 	store.on = e.OnVM
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -197,7 +197,7 @@ func TestAgainstRealPermitServer(t *testing.T) {
 		Spec: corev1.PodSpec{NodeName: "n"}})
 	e.Start(ctx, 2)
 
-	srv := httptest.NewServer(&permit.Handler{Backend: e, Log: logr.Discard()})
+	srv := httptest.NewServer(&permit.Handler{Backend: e, Log: slog.New(slog.DiscardHandler)})
 	defer srv.Close()
 	host, port := serverPort(t, srv.URL)
 	c := &Client{HTTP: &http.Client{Timeout: 5 * time.Second}, Port: port}

@@ -19,97 +19,6 @@ import (
 	"github.com/vmscale/vmscale/pkg/api"
 )
 
-// Labels and annotations of the autoscaling protocol.
-const (
-	EnabledLabel                = "autoscaling.neon.tech/enabled"
-	BoundsAnnotation            = "autoscaling.neon.tech/bounds"
-	ConfigAnnotation            = "autoscaling.neon.tech/config"
-	BillingEndpointIDAnnotation = "autoscaling.neon.tech/billing-endpoint-id"
-)
-
-// ScalingConfig is the per-VM override: each field present replaces the
-// agent's default. The name shows in JSON type errors, as in Neon's.
-type ScalingConfig struct {
-	LoadAverageFractionTarget        *float64 `json:"loadAverageFractionTarget,omitempty"`
-	MemoryUsageFractionTarget        *float64 `json:"memoryUsageFractionTarget,omitempty"`
-	MemoryTotalFractionTarget        *float64 `json:"memoryTotalFractionTarget,omitempty"`
-	EnableLFCMetrics                 *bool    `json:"enableLFCMetrics,omitempty"`
-	LFCUseLargestWindow              *bool    `json:"lfcUseLargestWindow,omitempty"`
-	LFCToMemoryRatio                 *float64 `json:"lfcToMemoryRatio,omitempty"`
-	LFCMinWaitBeforeDownscaleMinutes *int     `json:"lfcMinWaitBeforeDownscaleMinutes,omitempty"`
-	LFCWindowSizeMinutes             *int     `json:"lfcWindowSizeMinutes,omitempty"`
-	CPUStableZoneRatio               *float64 `json:"cpuStableZoneRatio,omitempty"`
-	CPUMixedZoneRatio                *float64 `json:"cpuMixedZoneRatio,omitempty"`
-}
-
-// Apply returns base with the fields set in c.
-func (c ScalingConfig) Apply(base core.ScalingConfig) core.ScalingConfig {
-	set := func(dst *float64, src *float64) {
-		if src != nil {
-			*dst = *src
-		}
-	}
-	set(&base.LoadAverageFractionTarget, c.LoadAverageFractionTarget)
-	set(&base.MemoryUsageFractionTarget, c.MemoryUsageFractionTarget)
-	set(&base.MemoryTotalFractionTarget, c.MemoryTotalFractionTarget)
-	set(&base.LFCToMemoryRatio, c.LFCToMemoryRatio)
-	set(&base.CPUStableZoneRatio, c.CPUStableZoneRatio)
-	set(&base.CPUMixedZoneRatio, c.CPUMixedZoneRatio)
-	if c.EnableLFCMetrics != nil {
-		base.EnableLFCMetrics = *c.EnableLFCMetrics
-	}
-	if c.LFCUseLargestWindow != nil {
-		base.LFCUseLargestWindow = *c.LFCUseLargestWindow
-	}
-	if c.LFCMinWaitBeforeDownscaleMinutes != nil {
-		base.LFCMinWaitBeforeDownscaleMinutes = *c.LFCMinWaitBeforeDownscaleMinutes
-	}
-	if c.LFCWindowSizeMinutes != nil {
-		base.LFCWindowSizeMinutes = *c.LFCWindowSizeMinutes
-	}
-	return base
-}
-
-// Validate checks the fields that are set. Problems are joined with " : ",
-// as Neon's are.
-func (c ScalingConfig) Validate() error {
-	var errs []string
-	frac := func(name string, v *float64, upper float64) {
-		if v == nil {
-			return
-		}
-		if *v < 0 {
-			errs = append(errs, fmt.Sprintf(".%s must be set to value >= 0", name))
-		} else if *v >= upper {
-			errs = append(errs, fmt.Sprintf(".%s must be set to value < %g", name, upper))
-		}
-	}
-	frac("loadAverageFractionTarget", c.LoadAverageFractionTarget, 2)
-	frac("memoryUsageFractionTarget", c.MemoryUsageFractionTarget, 1)
-	frac("memoryTotalFractionTarget", c.MemoryTotalFractionTarget, 1)
-	if v := c.LFCToMemoryRatio; v != nil && (*v <= 0 || *v > 1) {
-		errs = append(errs, ".lfcToMemoryRatio must be set to value in (0, 1]")
-	}
-	if v := c.LFCWindowSizeMinutes; v != nil && *v < 2 {
-		errs = append(errs, ".lfcWindowSizeMinutes must be set to value >= 2")
-	}
-	if w, m := c.LFCWindowSizeMinutes, c.LFCMinWaitBeforeDownscaleMinutes; w != nil && m != nil && *m < *w {
-		errs = append(errs, ".lfcMinWaitBeforeDownscaleMinutes must be set to value >= .lfcWindowSizeMinutes")
-	}
-	for _, r := range []struct {
-		name string
-		v    *float64
-	}{{"cpuStableZoneRatio", c.CPUStableZoneRatio}, {"cpuMixedZoneRatio", c.CPUMixedZoneRatio}} {
-		if r.v != nil && *r.v < 0 {
-			errs = append(errs, fmt.Sprintf(".%s must be set to value >= 0", r.name))
-		}
-	}
-	if len(errs) > 0 {
-		return errors.New(strings.Join(errs, " : "))
-	}
-	return nil
-}
-
 // Bounds is the bounds annotation: {"min":{"cpu":q,"mem":q},"max":{…}}.
 type Bounds struct {
 	Min BoundsResources `json:"min"`
@@ -145,7 +54,7 @@ func (b Bounds) validate(slot resource.Quantity) error {
 
 // Extract reads vm for the state machine, with defaults as its base
 // scaling config.
-func Extract(vm *vmv1.VirtualMachine, defaults core.ScalingConfig) (core.VMInfo, error) {
+func Extract(vm *vmv1.VirtualMachine, defaults api.ScalingConfig) (core.VMInfo, error) {
 	info, err := extract(vm, defaults)
 	if err != nil {
 		return info, fmt.Errorf("error extracting VM info: %w", err)
@@ -153,7 +62,7 @@ func Extract(vm *vmv1.VirtualMachine, defaults core.ScalingConfig) (core.VMInfo,
 	return info, nil
 }
 
-func extract(vm *vmv1.VirtualMachine, defaults core.ScalingConfig) (core.VMInfo, error) {
+func extract(vm *vmv1.VirtualMachine, defaults api.ScalingConfig) (core.VMInfo, error) {
 	g := &vm.Spec.Guest
 	slot, err := api.BytesFromQuantity(g.MemorySlotSize)
 	if err != nil {
@@ -169,13 +78,13 @@ func extract(vm *vmv1.VirtualMachine, defaults core.ScalingConfig) (core.VMInfo,
 	if vm.Spec.TargetRevision != nil {
 		info.Revision = vm.Spec.TargetRevision.Revision.Value
 	}
-	if raw, ok := vm.Annotations[BoundsAnnotation]; ok {
+	if raw, ok := vm.Annotations[api.BoundsAnnotation]; ok {
 		var b Bounds
 		if err := json.Unmarshal([]byte(raw), &b); err != nil {
-			return info, fmt.Errorf("error unmarshaling annotation %q: %w", BoundsAnnotation, err)
+			return info, fmt.Errorf("error unmarshaling annotation %q: %w", api.BoundsAnnotation, err)
 		}
 		if err := b.validate(g.MemorySlotSize); err != nil {
-			return info, fmt.Errorf("bad scaling bounds in annotation %q: %w", BoundsAnnotation, err)
+			return info, fmt.Errorf("bad scaling bounds in annotation %q: %w", api.BoundsAnnotation, err)
 		}
 		if info.Min, err = resourcesOf(b.Min); err != nil {
 			return info, err
@@ -187,15 +96,15 @@ func extract(vm *vmv1.VirtualMachine, defaults core.ScalingConfig) (core.VMInfo,
 	if info.Min.AnyAbove(info.Max) {
 		return info, fmt.Errorf("min resources %s has field greater than maximum %s", goString(info.Min), goString(info.Max))
 	}
-	if raw, ok := vm.Annotations[ConfigAnnotation]; ok {
-		var c ScalingConfig
+	if raw, ok := vm.Annotations[api.ConfigAnnotation]; ok {
+		var c api.ScalingConfig
 		if err := json.Unmarshal([]byte(raw), &c); err != nil {
-			return info, fmt.Errorf("error unmarshaling annotation %q: %w", ConfigAnnotation, err)
+			return info, fmt.Errorf("error unmarshaling annotation %q: %w", api.ConfigAnnotation, err)
 		}
 		if err := c.Validate(); err != nil {
-			return info, fmt.Errorf("bad scaling config in annotation %q: %w", ConfigAnnotation, err)
+			return info, fmt.Errorf("bad scaling config in annotation %q: %w", api.ConfigAnnotation, err)
 		}
-		info.Scaling = c.Apply(defaults)
+		info.Scaling = defaults.WithOverrides(c)
 	}
 	return info, nil
 }
@@ -226,6 +135,6 @@ func Ours(vm *vmv1.VirtualMachine, node, schedulerName string) bool {
 	default:
 		return false
 	}
-	return vm.Status.Node == node && vm.Status.PodIP != "" && vm.Labels[EnabledLabel] == "true" &&
+	return vm.Status.Node == node && vm.Status.PodIP != "" && vm.Labels[api.EnabledLabel] == "true" &&
 		vm.Spec.SchedulerName == schedulerName
 }

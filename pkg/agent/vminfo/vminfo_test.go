@@ -4,13 +4,13 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
-	"github.com/vmscale/vmscale/pkg/agent/core"
 	"github.com/vmscale/vmscale/pkg/api"
 )
 
@@ -29,7 +29,7 @@ type vector struct {
 			SlotSize      api.Bytes `json:"slotSize"`
 		} `json:"mem"`
 		Config struct {
-			ScalingConfig *ScalingConfig `json:"scalingConfig"`
+			ScalingConfig *api.ScalingConfig `json:"scalingConfig"`
 		} `json:"config"`
 	} `json:"outputParsed"`
 }
@@ -55,7 +55,7 @@ func TestAnnotationVectors(t *testing.T) {
 			vm := &vmv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "vm-test",
 				Annotations: map[string]string{v.Annotation: v.Input}}}
 			vm.Spec.Guest = v.VMSpecGuest
-			defaults := core.DefaultScalingConfig()
+			defaults := api.DefaultScalingConfig()
 			info, err := Extract(vm, defaults)
 			if v.Error != "" {
 				if err == nil {
@@ -78,9 +78,9 @@ func TestAnnotationVectors(t *testing.T) {
 			}
 			wantCfg := defaults
 			if sc := want.Config.ScalingConfig; sc != nil {
-				wantCfg = sc.Apply(defaults)
+				wantCfg = defaults.WithOverrides(*sc)
 			}
-			if info.Scaling != wantCfg {
+			if !reflect.DeepEqual(info.Scaling, wantCfg) {
 				t.Fatalf("scaling config %+v, want %+v", info.Scaling, wantCfg)
 			}
 		})
@@ -89,24 +89,25 @@ func TestAnnotationVectors(t *testing.T) {
 
 func TestPartialConfigOverridesOnlyItsFields(t *testing.T) {
 	vm := &vmv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{
-		ConfigAnnotation: `{"loadAverageFractionTarget":0.7,"enableLFCMetrics":true}`}}}
+		api.ConfigAnnotation: `{"loadAverageFractionTarget":0.7,"enableLFCMetrics":true}`}}}
 	vm.Spec.Guest.CPUs = vmv1.CPUs{Min: 250, Max: 1000, Use: 250}
 	vm.Spec.Guest.MemorySlots = vmv1.MemorySlots{Min: 1, Max: 4, Use: 1}
 	vm.Spec.Guest.MemorySlotSize.Set(1 << 30)
-	info, err := Extract(vm, core.DefaultScalingConfig())
+	info, err := Extract(vm, api.DefaultScalingConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := core.DefaultScalingConfig()
-	want.LoadAverageFractionTarget, want.EnableLFCMetrics = 0.7, true
-	if info.Scaling != want {
+	want := api.DefaultScalingConfig()
+	lat, lfc := 0.7, true
+	want.LoadAverageFractionTarget, want.EnableLFCMetrics = &lat, &lfc
+	if !reflect.DeepEqual(info.Scaling, want) {
 		t.Fatalf("got %+v", info.Scaling)
 	}
 }
 
 func TestOurs(t *testing.T) {
 	base := func() *vmv1.VirtualMachine {
-		vm := &vmv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{EnabledLabel: "true"}}}
+		vm := &vmv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{api.EnabledLabel: "true"}}}
 		vm.Spec.SchedulerName = "autoscale-scheduler"
 		vm.Status = vmv1.VirtualMachineStatus{Phase: vmv1.VmRunning, Node: "n1", PodIP: "10.0.0.1"}
 		return vm
@@ -119,7 +120,7 @@ func TestOurs(t *testing.T) {
 		"migrating":   func(vm *vmv1.VirtualMachine) { vm.Status.Phase = vmv1.VmMigrating },
 		"pending":     func(vm *vmv1.VirtualMachine) { vm.Status.Phase = vmv1.VmPending },
 		"no pod IP":   func(vm *vmv1.VirtualMachine) { vm.Status.PodIP = "" },
-		"not enabled": func(vm *vmv1.VirtualMachine) { vm.Labels[EnabledLabel] = "false" },
+		"not enabled": func(vm *vmv1.VirtualMachine) { vm.Labels[api.EnabledLabel] = "false" },
 		"scheduler":   func(vm *vmv1.VirtualMachine) { vm.Spec.SchedulerName = "default-scheduler" },
 	} {
 		vm := base()

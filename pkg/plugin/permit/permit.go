@@ -10,11 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
-
-	"github.com/go-logr/logr"
 
 	"github.com/vmscale/vmscale/pkg/api"
 )
@@ -51,10 +50,18 @@ const (
 // Observer is told about every request (metrics).
 type Observer func(outcome Outcome, elapsed time.Duration)
 
+// Verbosities of the handler's lines, as klog -v levels: the scheduler
+// bridges slog level -n to V(n).
+const (
+	levelRefused = slog.Level(-2)
+	levelGranted = slog.Level(-4)
+)
+
 // Handler serves the permit API.
 type Handler struct {
 	Backend Backend
-	Log     logr.Logger
+	// Log gets the handler's lines; nil drops them.
+	Log     *slog.Logger
 	Observe Observer
 	// Now is the clock for latency; time.Now if nil.
 	Now func() time.Time
@@ -109,22 +116,26 @@ func (h *Handler) serve(r *http.Request) (int, []byte, string) {
 	if err := req.Validate(); err != nil {
 		return http.StatusBadRequest, nil, err.Error()
 	}
-	log := h.Log.WithValues("pod", req.Pod.String())
+	log := h.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("pod", req.Pod.String())
 	permit, err := h.Backend.Permit(r.Context(), &req)
 	if err != nil {
 		var pe *Error
 		if errors.As(err, &pe) {
-			log.V(2).Info("permit request refused", "status", pe.Status, "reason", pe.Msg)
+			log.Log(r.Context(), levelRefused, "permit request refused", "status", pe.Status, "reason", pe.Msg)
 			return pe.Status, nil, pe.Msg
 		}
-		log.Error(err, "permit request failed", "requested", req.Resources.String())
+		log.Error("permit request failed", "err", err, "requested", req.Resources.String())
 		return http.StatusInternalServerError, nil, err.Error()
 	}
 	body, err := json.Marshal(api.PluginResponse{Permit: permit})
 	if err != nil {
 		return http.StatusInternalServerError, nil, fmt.Sprintf("encode response: %v", err)
 	}
-	log.V(4).Info("permit granted", "requested", req.Resources.String(), "permit", permit.String())
+	log.Log(r.Context(), levelGranted, "permit granted", "requested", req.Resources.String(), "permit", permit.String())
 	return http.StatusOK, body, ""
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -13,8 +14,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/go-logr/logr"
 
 	"github.com/vmscale/vmscale/pkg/api"
 )
@@ -52,7 +51,7 @@ func newServer(t *testing.T, b Backend) (*httptest.Server, *[]Outcome) {
 	t.Helper()
 	var mu sync.Mutex
 	var outcomes []Outcome
-	h := &Handler{Backend: b, Log: logr.Discard(), Observe: func(o Outcome, _ time.Duration) {
+	h := &Handler{Backend: b, Log: slog.New(slog.DiscardHandler), Observe: func(o Outcome, _ time.Duration) {
 		mu.Lock()
 		outcomes = append(outcomes, o)
 		mu.Unlock()
@@ -194,7 +193,7 @@ func TestServe(t *testing.T) {
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- Serve(ctx, "127.0.0.1:0", &Handler{Backend: &fakeBackend{}, Log: logr.Discard()}, ready)
+		done <- Serve(ctx, "127.0.0.1:0", &Handler{Backend: &fakeBackend{}, Log: slog.New(slog.DiscardHandler)}, ready)
 	}()
 	addr := <-ready
 	resp, err := http.Get("http://" + addr + "/")
@@ -222,7 +221,7 @@ func FuzzHandler(f *testing.F) {
 		raw, _ := os.ReadFile(file)
 		f.Add(raw)
 	}
-	h := &Handler{Backend: &fakeBackend{limit: api.Resources{VCPU: 1000, Mem: 1 << 30}}, Log: logr.Discard()}
+	h := &Handler{Backend: &fakeBackend{limit: api.Resources{VCPU: 1000, Mem: 1 << 30}}, Log: slog.New(slog.DiscardHandler)}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/", strings.NewReader(string(body))))

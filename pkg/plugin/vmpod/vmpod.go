@@ -19,14 +19,8 @@ import (
 	"github.com/vmscale/vmscale/pkg/plugin/state"
 )
 
-// Annotations and labels of the agent↔plugin protocol (spec/protocols.md §4).
+// Names the plugin gives its own objects.
 const (
-	ScalingUnitAnnotation       = "autoscaling.neon.tech/scaling-unit"
-	RequestedAnnotation         = "internal.autoscaling.neon.tech/resources-requested"
-	ApprovedAnnotation          = "internal.autoscaling.neon.tech/resources-approved"
-	AutoMigrationLabel          = "autoscaling.neon.tech/auto-migration-enabled"
-	AlwaysMigrateLabel          = "autoscaling.neon.tech/testing-only-always-migrate"
-	CreatedBySchedulerLabel     = "autoscaling.neon.tech/created-by-scheduler"
 	MigrationNamePrefix         = "schedplugin-"
 	virtualMachineMigrationKind = "VirtualMachineMigration"
 )
@@ -54,39 +48,47 @@ func VMFromObject(vm *vmv1.VirtualMachine) (*VM, error) {
 	out := &VM{
 		Namespace: vm.Namespace, Name: vm.Name, PodName: vm.Status.PodName,
 		NilAnnotations:  vm.Annotations == nil,
-		Migratable:      vm.Labels[AutoMigrationLabel] == "true" || hasKey(vm.Labels, AlwaysMigrateLabel),
+		Migratable:      vm.Labels[api.AutoMigrationLabel] == "true" || hasKey(vm.Labels, api.AlwaysMigrateLabel),
 		ResourceVersion: vm.ResourceVersion,
 		Use: api.Resources{
 			VCPU: vm.Spec.Guest.CPUs.Use,
 			Mem:  api.Bytes(vm.Spec.Guest.MemorySlotSize.Value() * int64(vm.Spec.Guest.MemorySlots.Use)),
 		},
 	}
-	var errs []string
+	var errs joined
 	read := func(key string, raw *string, has *bool, dst **api.Resources) {
-		v, ok := vm.Annotations[key]
-		*raw, *has = v, ok
-		if !ok {
-			return
+		var err error
+		if *dst, *raw, *has, err = api.ResourcesAnnotation(vm.Annotations, key); err != nil {
+			errs = append(errs, err)
 		}
-		var r api.Resources
-		if err := json.Unmarshal([]byte(v), &r); err != nil {
-			errs = append(errs, fmt.Sprintf("annotation %s: %v", key, err))
-			return
-		}
-		*dst = &r
 	}
-	read(ScalingUnitAnnotation, &out.RawScalingUnit, &out.HasScalingUnit, &out.ScalingUnit)
-	read(RequestedAnnotation, &out.RawRequested, &out.HasRequested, &out.Requested)
-	read(ApprovedAnnotation, &out.RawApproved, &out.HasApproved, &out.Approved)
+	read(api.ScalingUnitAnnotation, &out.RawScalingUnit, &out.HasScalingUnit, &out.ScalingUnit)
+	read(api.RequestedAnnotation, &out.RawRequested, &out.HasRequested, &out.Requested)
+	read(api.ApprovedAnnotation, &out.RawApproved, &out.HasApproved, &out.Approved)
 	if out.ScalingUnit != nil && out.ScalingUnit.HasZero() {
-		errs = append(errs, fmt.Sprintf("annotation %s: zero field in %s", ScalingUnitAnnotation, out.ScalingUnit))
+		errs = append(errs, fmt.Errorf("annotation %s: zero field in %s", api.ScalingUnitAnnotation, out.ScalingUnit))
 		out.ScalingUnit = nil
 	}
 	if len(errs) > 0 {
-		return out, fmt.Errorf("VirtualMachine %s/%s: %s", vm.Namespace, vm.Name, strings.Join(errs, "; "))
+		return out, fmt.Errorf("VirtualMachine %s/%s: %w", vm.Namespace, vm.Name, errs)
 	}
 	return out, nil
 }
+
+// joined is the problems found reading one object: every one stays
+// reachable by errors.Is and errors.As, and they print on one line, as the
+// plugin's log lines and events have always shown them.
+type joined []error
+
+func (j joined) Error() string {
+	s := make([]string, len(j))
+	for i, e := range j {
+		s[i] = e.Error()
+	}
+	return strings.Join(s, "; ")
+}
+
+func (j joined) Unwrap() []error { return j }
 
 func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }
 
@@ -122,10 +124,10 @@ type resourcesAnnotation struct {
 func PodFromObject(p *corev1.Pod) (*Pod, error) {
 	out := &Pod{
 		Key:        state.PodKey{Namespace: p.Namespace, Name: p.Name},
-		VM:         p.Labels[vmv1.VirtualMachineNameLabel],
+		VM:         p.Labels[api.VMNameLabel],
 		Node:       p.Spec.NodeName,
 		Terminal:   p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
-		Migratable: p.Labels[AutoMigrationLabel] == "true" || hasKey(p.Labels, AlwaysMigrateLabel),
+		Migratable: p.Labels[api.AutoMigrationLabel] == "true" || hasKey(p.Labels, api.AlwaysMigrateLabel),
 		Overcommit: state.NoOvercommit,
 		pod:        p,
 	}
@@ -138,26 +140,26 @@ func PodFromObject(p *corev1.Pod) (*Pod, error) {
 		out.Use, out.HasUse = ContainerRequests(p), true
 		return out, nil
 	}
-	var errs []string
-	if raw, ok := p.Annotations[vmv1.VirtualMachineResourcesAnnotation]; ok {
+	var errs joined
+	if raw, ok := p.Annotations[api.VMResourcesAnnotation]; ok {
 		var r resourcesAnnotation
 		if err := json.Unmarshal([]byte(raw), &r); err != nil {
-			errs = append(errs, fmt.Sprintf("annotation %s: %v", vmv1.VirtualMachineResourcesAnnotation, err))
+			errs = append(errs, fmt.Errorf("annotation %s: %w", api.VMResourcesAnnotation, err))
 		} else {
 			out.Use = api.Resources{VCPU: r.CPUs.Use, Mem: api.Bytes(r.MemorySlotSize.Value() * int64(r.MemorySlots.Use))}
 			out.HasUse = true
 		}
 	}
-	if raw, ok := p.Annotations[vmv1.VirtualMachineOvercommitAnnotation]; ok {
+	if raw, ok := p.Annotations[api.VMOvercommitAnnotation]; ok {
 		var oc vmv1.OvercommitSettings
 		if err := json.Unmarshal([]byte(raw), &oc); err != nil {
-			errs = append(errs, fmt.Sprintf("annotation %s: %v", vmv1.VirtualMachineOvercommitAnnotation, err))
+			errs = append(errs, fmt.Errorf("annotation %s: %w", api.VMOvercommitAnnotation, err))
 		} else {
 			out.Overcommit = state.Overcommit{CPU: ratioMilli(oc.CPU), Mem: ratioMilli(oc.Memory)}
 		}
 	}
 	if len(errs) > 0 {
-		return out, fmt.Errorf("pod %s: %s", out.Key, strings.Join(errs, "; "))
+		return out, fmt.Errorf("pod %s: %w", out.Key, errs)
 	}
 	return out, nil
 }
@@ -281,13 +283,13 @@ func ensureAnnotations(vm *VM) []Op {
 func RequestPatch(vm *VM, unit, requested api.Resources, lastPermit *api.Resources) []Op {
 	var ops []Op
 	if vm.ScalingUnit == nil || *vm.ScalingUnit != unit {
-		ops = append(ops, setOp(vm.HasScalingUnit, ScalingUnitAnnotation, encode(unit)))
+		ops = append(ops, setOp(vm.HasScalingUnit, api.ScalingUnitAnnotation, encode(unit)))
 	}
 	if vm.Requested == nil || *vm.Requested != requested {
-		ops = append(ops, setOp(vm.HasRequested, RequestedAnnotation, encode(requested)))
+		ops = append(ops, setOp(vm.HasRequested, api.RequestedAnnotation, encode(requested)))
 	}
 	if lastPermit != nil && vm.Approved != nil && *lastPermit != *vm.Approved && lastPermit.FitsIn(*vm.Approved) {
-		ops = append(ops, setOp(vm.HasApproved, ApprovedAnnotation, encode(*lastPermit)))
+		ops = append(ops, setOp(vm.HasApproved, api.ApprovedAnnotation, encode(*lastPermit)))
 	}
 	if len(ops) == 0 {
 		return nil
@@ -300,9 +302,9 @@ func RequestPatch(vm *VM, unit, requested api.Resources, lastPermit *api.Resourc
 func ApprovalPatch(vm *VM, approved api.Resources) []Op {
 	ops := ensureAnnotations(vm)
 	ops = append(ops,
-		Op{Op: "test", Path: annotationPath(ScalingUnitAnnotation), Value: rawOrNil(vm.HasScalingUnit, vm.RawScalingUnit)},
-		Op{Op: "test", Path: annotationPath(RequestedAnnotation), Value: rawOrNil(vm.HasRequested, vm.RawRequested)},
-		setOp(vm.HasApproved, ApprovedAnnotation, encode(approved)),
+		Op{Op: "test", Path: annotationPath(api.ScalingUnitAnnotation), Value: rawOrNil(vm.HasScalingUnit, vm.RawScalingUnit)},
+		Op{Op: "test", Path: annotationPath(api.RequestedAnnotation), Value: rawOrNil(vm.HasRequested, vm.RawRequested)},
+		setOp(vm.HasApproved, api.ApprovedAnnotation, encode(approved)),
 	)
 	return ops
 }
@@ -323,7 +325,7 @@ func MigrationFor(namespace, vmName, podName string) *vmv1.VirtualMachineMigrati
 		TypeMeta: metav1.TypeMeta{APIVersion: vmv1.GroupVersion.String(), Kind: virtualMachineMigrationKind},
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: namespace, Name: MigrationNamePrefix + podName,
-			Labels: map[string]string{CreatedBySchedulerLabel: "true"},
+			Labels: map[string]string{api.CreatedBySchedulerLabel: "true"},
 		},
 		Spec: vmv1.VirtualMachineMigrationSpec{
 			VMName: vmName, PreventMigrationToSameHost: &t, CompletionTimeout: 3600,
@@ -338,17 +340,17 @@ func MigrationFor(namespace, vmName, podName string) *vmv1.VirtualMachineMigrati
 func RequestApprovalPatch(vm *VM, unit, requested, approved api.Resources) []Op {
 	ops := ensureAnnotations(vm)
 	ops = append(ops,
-		Op{Op: "test", Path: annotationPath(ScalingUnitAnnotation), Value: rawOrNil(vm.HasScalingUnit, vm.RawScalingUnit)},
-		Op{Op: "test", Path: annotationPath(RequestedAnnotation), Value: rawOrNil(vm.HasRequested, vm.RawRequested)},
+		Op{Op: "test", Path: annotationPath(api.ScalingUnitAnnotation), Value: rawOrNil(vm.HasScalingUnit, vm.RawScalingUnit)},
+		Op{Op: "test", Path: annotationPath(api.RequestedAnnotation), Value: rawOrNil(vm.HasRequested, vm.RawRequested)},
 	)
 	if vm.ScalingUnit == nil || *vm.ScalingUnit != unit {
-		ops = append(ops, setOp(vm.HasScalingUnit, ScalingUnitAnnotation, encode(unit)))
+		ops = append(ops, setOp(vm.HasScalingUnit, api.ScalingUnitAnnotation, encode(unit)))
 	}
 	if vm.Requested == nil || *vm.Requested != requested {
-		ops = append(ops, setOp(vm.HasRequested, RequestedAnnotation, encode(requested)))
+		ops = append(ops, setOp(vm.HasRequested, api.RequestedAnnotation, encode(requested)))
 	}
 	if vm.Approved == nil || *vm.Approved != approved {
-		ops = append(ops, setOp(vm.HasApproved, ApprovedAnnotation, encode(approved)))
+		ops = append(ops, setOp(vm.HasApproved, api.ApprovedAnnotation, encode(approved)))
 	}
 	return ops
 }

@@ -20,7 +20,7 @@ const gi = api.Bytes(1 << 30)
 func testVM(annotations map[string]string) *vmv1.VirtualMachine {
 	vm := &vmv1.VirtualMachine{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "vm", Annotations: annotations,
-			Labels: map[string]string{AutoMigrationLabel: "true"}},
+			Labels: map[string]string{api.AutoMigrationLabel: "true"}},
 	}
 	vm.Spec.Guest.CPUs = vmv1.CPUs{Min: 250, Max: 2000, Use: 500}
 	vm.Spec.Guest.MemorySlots = vmv1.MemorySlots{Min: 1, Max: 8, Use: 2}
@@ -62,9 +62,9 @@ func TestRecordFallsBackToUse(t *testing.T) {
 
 func TestRecordFromAnnotations(t *testing.T) {
 	vm, err := VMFromObject(testVM(map[string]string{
-		ScalingUnitAnnotation: `{"vCPUs":"250m","mem":"1Gi"}`,
-		RequestedAnnotation:   `{"vCPUs":2,"mem":"8Gi"}`,
-		ApprovedAnnotation:    `{"vCPUs":1,"mem":"4Gi"}`,
+		api.ScalingUnitAnnotation: `{"vCPUs":"250m","mem":"1Gi"}`,
+		api.RequestedAnnotation:   `{"vCPUs":2,"mem":"8Gi"}`,
+		api.ApprovedAnnotation:    `{"vCPUs":1,"mem":"4Gi"}`,
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -96,8 +96,8 @@ func TestRecordFromAnnotations(t *testing.T) {
 }
 
 func TestBadAnnotationsReported(t *testing.T) {
-	vm, err := VMFromObject(testVM(map[string]string{RequestedAnnotation: `{"vCPUs":"x"}`, ScalingUnitAnnotation: `{"vCPUs":0,"mem":"1Gi"}`}))
-	if err == nil || !strings.Contains(err.Error(), RequestedAnnotation) || !strings.Contains(err.Error(), ScalingUnitAnnotation) {
+	vm, err := VMFromObject(testVM(map[string]string{api.RequestedAnnotation: `{"vCPUs":"x"}`, api.ScalingUnitAnnotation: `{"vCPUs":0,"mem":"1Gi"}`}))
+	if err == nil || !strings.Contains(err.Error(), api.RequestedAnnotation) || !strings.Contains(err.Error(), api.ScalingUnitAnnotation) {
 		t.Fatalf("error %v", err)
 	}
 	if vm.Requested != nil || vm.ScalingUnit != nil || !vm.HasRequested {
@@ -156,7 +156,7 @@ func TestRequestPatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out.Annotations[RequestedAnnotation] != `{"vCPUs":1,"mem":"4Gi"}` || out.Annotations[ScalingUnitAnnotation] != `{"vCPUs":"250m","mem":"1Gi"}` {
+	if out.Annotations[api.RequestedAnnotation] != `{"vCPUs":1,"mem":"4Gi"}` || out.Annotations[api.ScalingUnitAnnotation] != `{"vCPUs":"250m","mem":"1Gi"}` {
 		t.Fatalf("annotations %v", out.Annotations)
 	}
 	// Nothing changed: no patch at all.
@@ -165,7 +165,7 @@ func TestRequestPatch(t *testing.T) {
 		t.Fatalf("no-op request patched: %+v", ops)
 	}
 	// lastPermit lowers an approval but never raises it.
-	out.Annotations[ApprovedAnnotation] = `{"vCPUs":1,"mem":"4Gi"}`
+	out.Annotations[api.ApprovedAnnotation] = `{"vCPUs":1,"mem":"4Gi"}`
 	vm3, _ := VMFromObject(out)
 	lower := api.Resources{VCPU: 750, Mem: 3 * gi}
 	if ops := RequestPatch(vm3, unit, want, &lower); len(ops) != 1 || ops[0].Value != `{"vCPUs":"750m","mem":"3Gi"}` || ops[0].Op != "replace" {
@@ -179,8 +179,8 @@ func TestRequestPatch(t *testing.T) {
 
 func TestApprovalPatchGuards(t *testing.T) {
 	obj := testVM(map[string]string{
-		ScalingUnitAnnotation: `{"vCPUs":"250m","mem":"1Gi"}`,
-		RequestedAnnotation:   `{"vCPUs":2,"mem":"8Gi"}`,
+		api.ScalingUnitAnnotation: `{"vCPUs":"250m","mem":"1Gi"}`,
+		api.RequestedAnnotation:   `{"vCPUs":2,"mem":"8Gi"}`,
 	})
 	vm, _ := VMFromObject(obj)
 	ops := ApprovalPatch(vm, api.Resources{VCPU: 2000, Mem: 8 * gi})
@@ -188,22 +188,22 @@ func TestApprovalPatchGuards(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out.Annotations[ApprovedAnnotation] != `{"vCPUs":2,"mem":"8Gi"}` {
+	if out.Annotations[api.ApprovedAnnotation] != `{"vCPUs":2,"mem":"8Gi"}` {
 		t.Fatalf("annotations %v", out.Annotations)
 	}
 	// The request changed since the approval was computed: refused.
-	obj.Annotations[RequestedAnnotation] = `{"vCPUs":3,"mem":"8Gi"}`
+	obj.Annotations[api.RequestedAnnotation] = `{"vCPUs":3,"mem":"8Gi"}`
 	if _, err := apply(t, obj, ops); err == nil {
 		t.Fatal("approval for a stale request applied")
 	}
 	// So is one for a changed unit.
-	obj = testVM(map[string]string{RequestedAnnotation: `{"vCPUs":2,"mem":"8Gi"}`})
+	obj = testVM(map[string]string{api.RequestedAnnotation: `{"vCPUs":2,"mem":"8Gi"}`})
 	vm, _ = VMFromObject(obj)
 	ops = ApprovalPatch(vm, api.Resources{VCPU: 2000, Mem: 8 * gi})
 	if _, err := apply(t, obj, ops); err != nil {
 		t.Fatalf("absent unit guard: %v", err)
 	}
-	obj.Annotations[ScalingUnitAnnotation] = `{"vCPUs":1,"mem":"1Gi"}`
+	obj.Annotations[api.ScalingUnitAnnotation] = `{"vCPUs":1,"mem":"1Gi"}`
 	if _, err := apply(t, obj, ops); err == nil {
 		t.Fatal("approval applied after a unit appeared")
 	}
@@ -215,7 +215,7 @@ func TestMigrationFor(t *testing.T) {
 	var got map[string]any
 	_ = json.Unmarshal(raw, &got)
 	spec := got["spec"].(map[string]any)
-	if m.Name != "schedplugin-vm-abcde" || m.Labels[CreatedBySchedulerLabel] != "true" ||
+	if m.Name != "schedplugin-vm-abcde" || m.Labels[api.CreatedBySchedulerLabel] != "true" ||
 		spec["vmName"] != "vm" || spec["preventMigrationToSameHost"] != true || spec["completionTimeout"] != float64(3600) ||
 		spec["incremental"] != true || spec["autoConverge"] != true || spec["maxBandwidth"] != "1Gi" || spec["allowPostCopy"] != false {
 		t.Fatalf("migration %s", raw)

@@ -2,18 +2,19 @@ package plugin
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"time"
 
-	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/pkg/api"
 	"github.com/vmscale/vmscale/pkg/plugin/permit"
 	"github.com/vmscale/vmscale/pkg/plugin/state"
 	"github.com/vmscale/vmscale/pkg/plugin/vmpod"
 )
+
+// Permit answers an agent; see Enforcer.Permit.
+var _ permit.Backend = (*Enforcer)(nil)
 
 // PermitWait is how long an agent's request waits for its approval.
 const PermitWait = time.Second
@@ -29,27 +30,9 @@ func (e *Enforcer) Permit(ctx context.Context, req *api.AgentRequest) (api.Resou
 		return out, err
 	}
 	if rerr := e.refreshVM(ctx, state.PodKey{Namespace: req.Pod.Namespace, Name: req.Pod.Name}); rerr != nil {
-		return out, fmt.Errorf("%w (and re-reading it: %v)", err, rerr)
+		return out, fmt.Errorf("%w (and re-reading it: %w)", err, rerr)
 	}
 	return e.permitOnce(ctx, req)
-}
-
-// refreshVM reads a pod's VM from the apiserver into the plugin's view.
-func (e *Enforcer) refreshVM(ctx context.Context, key state.PodKey) error {
-	e.mu.Lock()
-	info := e.pods[key]
-	e.mu.Unlock()
-	if info == nil || info.VM == "" {
-		return fmt.Errorf("pod %s gone", key)
-	}
-	gctx, cancel := context.WithTimeout(ctx, e.cfg.CRUDTimeout())
-	defer cancel()
-	obj, err := e.client.GetVM(gctx, key.Namespace, info.VM)
-	if err != nil {
-		return err
-	}
-	e.OnVM(obj)
-	return nil
 }
 
 func (e *Enforcer) permitOnce(ctx context.Context, req *api.AgentRequest) (api.Resources, error) {
@@ -107,35 +90,13 @@ func (e *Enforcer) permitOnce(ctx context.Context, req *api.AgentRequest) (api.R
 		e.mu.Unlock()
 		return e.waitForApproval(ctx, vk, req.Resources, req.LastPermit)
 	}
-	e.mu.Unlock()
-
-	patch, _ := json.Marshal(ops)
-	obj, err := e.patchInSlot(ctx, vk, patch)
-	e.mu.Lock()
-	v = e.entry(vk)
-	if decided {
-		v.inflight = nil
-	}
-	if err != nil {
-		for k := range v.pods {
-			e.recomputeLocked(k)
-		}
-		v.notify()
-		e.mu.Unlock()
-		return api.Resources{}, fmt.Errorf("record request on VirtualMachine %s: %w", vk, err)
-	}
-	vm, verr := vmpod.VMFromObject(obj)
-	if verr != nil {
-		e.log.Error(verr, "patched VM has unreadable annotations", "vm", vk.String())
-	}
-	e.setVMLocked(vm)
-	if decided && vm.Requested != nil && *vm.Requested == req.Resources {
-		v.decidedFor = &req.Resources
-		v.notify()
-	}
 	node := info.Node
 	e.mu.Unlock()
-	e.queue.Add("node/" + node)
+
+	if err := e.writeBack(ctx, vk, ops, req.Resources, decided, e.patchInSlot); err != nil {
+		return api.Resources{}, fmt.Errorf("record request on VirtualMachine %s: %w", vk, err)
+	}
+	e.queue.Add(nodeItem(node))
 
 	switch {
 	case decided:
@@ -146,54 +107,30 @@ func (e *Enforcer) permitOnce(ctx context.Context, req *api.AgentRequest) (api.R
 	return e.waitForApproval(ctx, vk, req.Resources, req.LastPermit)
 }
 
-// patchInSlot writes a request's patch once one of the MaxRequestPatches
-// write slots is free. The wait for a slot is bounded by PermitWait, as an
-// agent's wait for an approval is; the write itself then gets the whole
-// k8sCRUDTimeoutSeconds, so a write that starts is not cut short by the time
-// spent queueing for it (which would waste it on the apiserver).
-func (e *Enforcer) patchInSlot(ctx context.Context, vk vmKey, patch []byte) (*vmv1.VirtualMachine, error) {
-	timer := e.clock.NewTimer(PermitWait)
-	defer timer.Stop()
-	select {
-	case e.writeSlots <- struct{}{}:
-	case <-timer.C():
-		return nil, fmt.Errorf("timed out waiting %s for one of %d VM write slots", PermitWait, cap(e.writeSlots))
-	case <-ctx.Done():
-		return nil, fmt.Errorf("waiting for one of %d VM write slots: %w", cap(e.writeSlots), ctx.Err())
+// runsIn reports whether pod is the one the VM runs in: the one its status
+// names, or, before it names one, its only pod. Only that pod is granted
+// more; a migration target holds the VM's approval as it is.
+func (v *vmEntry) runsIn(pod string) bool {
+	if v.vm.PodName != "" {
+		return v.vm.PodName == pod
 	}
-	defer func() { <-e.writeSlots }()
-	pctx, cancel := context.WithTimeout(ctx, e.cfg.CRUDTimeout())
-	defer cancel()
-	start := e.clock.Now()
-	obj, err := e.client.PatchVM(pctx, vk.Namespace, vk.Name, patch)
-	e.metrics.observeRequestPatch(err, e.clock.Since(start))
-	return obj, err
+	return len(v.pods) == 1
 }
 
 // decideNowLocked applies the grant rule to a request right away when the
 // pod is bound to a known node, is the VM's current pod, and no approval is
 // being written; the capacity is held (inflight) until the write ends.
 func (e *Enforcer) decideNowLocked(key state.PodKey, v *vmEntry, req *api.AgentRequest) (api.Resources, bool) {
-	if v.inflight != nil || v.vm == nil || (v.vm.PodName != "" && v.vm.PodName != key.Name) || (v.vm.PodName == "" && len(v.pods) != 1) {
+	if v.inflight != nil || v.vm == nil || !v.runsIn(key.Name) {
 		return api.Resources{}, false
 	}
-	rec, ok := e.st.Pod(key)
-	if !ok || rec.Node == "" || rec.Tentative {
-		return api.Resources{}, false
-	}
-	if _, ok := e.st.Node(rec.Node); !ok {
-		return api.Resources{}, false
-	}
-	before := rec
 	// A last permit below the approval gives the difference back first.
-	if lp := req.LastPermit; lp != nil && v.vm.Approved != nil && lp.FitsIn(rec.Reserved) {
-		rec.Reserved = *lp
+	var lowerTo *api.Resources
+	if v.vm.Approved != nil {
+		lowerTo = req.LastPermit
 	}
-	rec.Requested, rec.Factor = req.Resources, *req.ComputeUnit
-	e.st.SetPod(rec)
-	granted, _, err := e.st.Grant(key)
-	if err != nil {
-		e.st.SetPod(before)
+	granted, ok := e.st.GrantRequest(key, req.Resources, *req.ComputeUnit, lowerTo)
+	if !ok {
 		return api.Resources{}, false
 	}
 	approved := granted.Reserved
@@ -230,4 +167,38 @@ func (e *Enforcer) waitForApproval(ctx context.Context, vk vmKey, req api.Resour
 			return api.Resources{}, fmt.Errorf("waiting for approval of %s: %w", vk, ctx.Err())
 		}
 	}
+}
+
+// approvedFor is the condition a waiting agent is answered on: the VM
+// records the agent's request and an approval decided for it (or, after
+// another writer, an approval above the agent's last permit).
+func approvedFor(v *vmEntry, req api.Resources, lastPermit *api.Resources) (api.Resources, bool) {
+	if v.vm == nil || v.vm.Requested == nil || *v.vm.Requested != req || v.vm.Approved == nil || v.inflight != nil {
+		return api.Resources{}, false
+	}
+	if v.decidedFor != nil && *v.decidedFor == req {
+		return *v.vm.Approved, true
+	}
+	if lastPermit != nil && v.vm.Approved.AnyAbove(*lastPermit) {
+		return *v.vm.Approved, true
+	}
+	return api.Resources{}, false
+}
+
+// refreshVM reads a pod's VM from the apiserver into the plugin's view.
+func (e *Enforcer) refreshVM(ctx context.Context, key state.PodKey) error {
+	e.mu.Lock()
+	info := e.pods[key]
+	e.mu.Unlock()
+	if info == nil || info.VM == "" {
+		return fmt.Errorf("pod %s gone", key)
+	}
+	gctx, cancel := context.WithTimeout(ctx, e.cfg.CRUDTimeout())
+	defer cancel()
+	obj, err := e.client.GetVM(gctx, key.Namespace, info.VM)
+	if err != nil {
+		return err
+	}
+	e.OnVM(obj)
+	return nil
 }
