@@ -26,3 +26,15 @@ func TestParentExists(t *testing.T) {
 		}
 	}
 }
+
+func TestParseSkipList(t *testing.T) {
+	got, err := ParseSkipList(" default/a, kube-system/b ,")
+	if err != nil || len(got) != 2 {
+		t.Fatalf("ParseSkipList = %v, %v", got, err)
+	}
+	for _, bad := range []string{"a", "/a", "a/", "a/b/c"} {
+		if _, err := ParseSkipList(bad); err == nil {
+			t.Errorf("ParseSkipList(%q) accepted", bad)
+		}
+	}
+}
