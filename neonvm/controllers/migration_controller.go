@@ -75,7 +75,10 @@ func (r *MigrationReconciler) event(obj client.Object, typ, reason, note string,
 func (r *MigrationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	var m vmv1.VirtualMachineMigration
 	if err := r.Get(ctx, req.NamespacedName, &m); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, fmt.Errorf("get VirtualMachineMigration %s: %w", req.NamespacedName, err)
 	}
 	if !m.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, r.finalize(ctx, &m)
@@ -120,7 +123,7 @@ func (r *MigrationReconciler) step(ctx context.Context, m *vmv1.VirtualMachineMi
 			r.fail(m, "VMNotFound", fmt.Sprintf("VirtualMachine %s/%s does not exist", m.Namespace, m.Spec.VMName))
 			return 0, nil
 		}
-		return 0, err
+		return 0, fmt.Errorf("get VirtualMachine %s: %w", m.Spec.VMName, err)
 	}
 	switch m.Status.Phase {
 	case "":
@@ -143,10 +146,10 @@ func (r *MigrationReconciler) start(ctx context.Context, m *vmv1.VirtualMachineM
 	}
 	if owner := metav1.GetControllerOf(m); owner == nil {
 		if err := controllerutil.SetControllerReference(vm, m, r.Scheme()); err != nil {
-			return 0, err
+			return 0, fmt.Errorf("make VirtualMachine %s the migration's controller: %w", vm.Name, err)
 		}
 		if err := r.Update(ctx, m); err != nil {
-			return 0, err
+			return 0, fmt.Errorf("set the migration's controller: %w", err)
 		}
 	}
 	st := &m.Status
@@ -316,7 +319,7 @@ func (r *MigrationReconciler) succeed(ctx context.Context, m *vmv1.VirtualMachin
 		patch := client.MergeFrom(target.DeepCopy())
 		target.OwnerReferences = nil
 		if err := controllerutil.SetControllerReference(vm, target, r.Scheme()); err != nil {
-			return err
+			return fmt.Errorf("hand target pod %s to the VM: %w", target.Name, err)
 		}
 		if err := r.Patch(ctx, target, patch); err != nil {
 			return fmt.Errorf("hand target pod %s to the VM: %w", target.Name, err)
@@ -364,7 +367,9 @@ func (r *MigrationReconciler) restoreVM(ctx context.Context, m *vmv1.VirtualMach
 	}
 	if vm.Status.Phase == vmv1.VmPreMigrating || vm.Status.Phase == vmv1.VmMigrating {
 		vm.Status.Phase = vmv1.VmRunning
-		return r.Status().Update(ctx, vm)
+		if err := r.Status().Update(ctx, vm); err != nil {
+			return fmt.Errorf("set VirtualMachine %s back to Running: %w", vm.Name, err)
+		}
 	}
 	return nil
 }
@@ -389,7 +394,7 @@ func (r *MigrationReconciler) finalize(ctx context.Context, m *vmv1.VirtualMachi
 			}
 			r.event(&vm, corev1.EventTypeNormal, "MigrationCancelled", "migration %s deleted: the VM stays in %s", m.Name, m.Status.SourcePodName)
 		} else if err != nil && !apierrors.IsNotFound(err) {
-			return err
+			return fmt.Errorf("get VirtualMachine %s: %w", m.Spec.VMName, err)
 		}
 		if err := r.deleteTargetPod(ctx, m); err != nil {
 			return err
@@ -397,7 +402,10 @@ func (r *MigrationReconciler) finalize(ctx context.Context, m *vmv1.VirtualMachi
 		r.Metrics.observeMigration("cancelled", 0, 0)
 	}
 	controllerutil.RemoveFinalizer(m, MigrationFinalizer)
-	return r.Update(ctx, m)
+	if err := r.Update(ctx, m); err != nil {
+		return fmt.Errorf("remove the finalizer: %w", err)
+	}
+	return nil
 }
 
 // targetPod is the VM's runner pod waiting for the migration, controlled
@@ -443,9 +451,12 @@ func (r *MigrationReconciler) addSourceOwner(ctx context.Context, m *vmv1.Virtua
 	}
 	patch := client.MergeFrom(src.DeepCopy())
 	if err := controllerutil.SetOwnerReference(m, src, r.Scheme()); err != nil {
-		return err
+		return fmt.Errorf("add the migration to source pod %s's owners: %w", src.Name, err)
 	}
-	return r.Patch(ctx, src, patch)
+	if err := r.Patch(ctx, src, patch); err != nil {
+		return fmt.Errorf("add the migration to source pod %s's owners: %w", src.Name, err)
+	}
+	return nil
 }
 
 func (r *MigrationReconciler) deleteSourcePod(ctx context.Context, m *vmv1.VirtualMachineMigration) error {
@@ -464,7 +475,10 @@ func (r *MigrationReconciler) deletePod(ctx context.Context, ns, name string) er
 	if err != nil || pod == nil || pod.DeletionTimestamp != nil {
 		return err
 	}
-	return client.IgnoreNotFound(r.Delete(ctx, pod))
+	if err := r.Delete(ctx, pod); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("delete pod %s: %w", name, err)
+	}
+	return nil
 }
 
 func (r *MigrationReconciler) getPod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
@@ -476,7 +490,10 @@ func (r *MigrationReconciler) getPod(ctx context.Context, ns, name string) (*cor
 	if apierrors.IsNotFound(err) {
 		return nil, nil
 	}
-	return &pod, err
+	if err != nil {
+		return nil, fmt.Errorf("get pod %s: %w", name, err)
+	}
+	return &pod, nil
 }
 
 // qmp runs f against the QEMU of the runner pod at ip.

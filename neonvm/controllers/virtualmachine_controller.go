@@ -143,7 +143,10 @@ func (r *VMReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Re
 func (r *VMReconciler) reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	var vm vmv1.VirtualMachine
 	if err := r.Get(ctx, req.NamespacedName, &vm); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, fmt.Errorf("get VirtualMachine %s: %w", req.NamespacedName, err)
 	}
 	if !vm.DeletionTimestamp.IsZero() {
 		// The runner pod and the SSH secret are owned by the VM: the
@@ -157,7 +160,10 @@ func (r *VMReconciler) reconcile(ctx context.Context, req ctrl.Request) (ctrl.Re
 		}
 		controllerutil.RemoveFinalizer(&vm, vmv1.VirtualMachineFinalizer)
 		// Gone already: another replica, or a stale cache, removed it last.
-		return ctrl.Result{}, client.IgnoreNotFound(r.Update(ctx, &vm))
+		if err := r.Update(ctx, &vm); client.IgnoreNotFound(err) != nil {
+			return ctrl.Result{}, fmt.Errorf("remove the finalizer: %w", err)
+		}
+		return ctrl.Result{}, nil
 	}
 	if controllerutil.AddFinalizer(&vm, vmv1.VirtualMachineFinalizer) {
 		if err := r.Update(ctx, &vm); err != nil {
@@ -439,7 +445,10 @@ func podGone(ctx context.Context, reader client.Reader, ns, name string) (bool, 
 	if apierrors.IsNotFound(err) {
 		return true, nil
 	}
-	return false, err
+	if err != nil {
+		return false, fmt.Errorf("get pod %s from the apiserver: %w", name, err)
+	}
+	return false, nil
 }
 
 // multusPrefix marks pod annotations that the network owns: kept on
@@ -452,7 +461,7 @@ func (r *VMReconciler) syncPodMetadata(ctx context.Context, vm *vmv1.VirtualMach
 	labels := podspec.Labels(vm)
 	annotations, err := podspec.Annotations(vm)
 	if err != nil {
-		return err
+		return fmt.Errorf("runner pod %s annotations: %w", pod.Name, err)
 	}
 	for k, v := range pod.Annotations {
 		if strings.HasPrefix(k, multusPrefix) {
@@ -482,12 +491,15 @@ func nonNil(m map[string]string) map[string]string {
 func (r *VMReconciler) ensureSSHSecret(ctx context.Context, vm *vmv1.VirtualMachine) error {
 	var s corev1.Secret
 	err := r.Get(ctx, types.NamespacedName{Namespace: vm.Namespace, Name: vm.Status.SSHSecretName}, &s)
-	if err == nil || !apierrors.IsNotFound(err) {
-		return err
+	if err == nil {
+		return nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return fmt.Errorf("get SSH secret %s: %w", vm.Status.SSHSecretName, err)
 	}
 	pub, priv, err := sshKeyPair()
 	if err != nil {
-		return err
+		return fmt.Errorf("SSH secret %s: %w", vm.Status.SSHSecretName, err)
 	}
 	s = corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: vm.Status.SSHSecretName, Namespace: vm.Namespace},
@@ -496,7 +508,7 @@ func (r *VMReconciler) ensureSSHSecret(ctx context.Context, vm *vmv1.VirtualMach
 		Data:       map[string][]byte{"ssh-publickey": pub, corev1.SSHAuthPrivateKey: priv},
 	}
 	if err := controllerutil.SetControllerReference(vm, &s, r.Scheme()); err != nil {
-		return err
+		return fmt.Errorf("SSH secret %s: %w", s.Name, err)
 	}
 	if err := r.Create(ctx, &s); err != nil && !apierrors.IsAlreadyExists(err) && !terminating(err) {
 		return fmt.Errorf("create SSH secret %s: %w", s.Name, err)
@@ -515,15 +527,15 @@ func terminating(err error) bool {
 func sshKeyPair() (pub, priv []byte, err error) {
 	pk, sk, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("generate an ed25519 key: %w", err)
 	}
 	sshPub, err := ssh.NewPublicKey(pk)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("SSH public key: %w", err)
 	}
 	block, err := ssh.MarshalPrivateKey(sk, "neonvm")
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("SSH private key: %w", err)
 	}
 	return ssh.MarshalAuthorizedKey(sshPub), pem.EncodeToMemory(block), nil
 }
