@@ -401,6 +401,24 @@ func TestVMReconcilerScalesCPUByHotplug(t *testing.T) {
 	}
 }
 
+func TestVMReconcilerScalesCPUDownByUnplugging(t *testing.T) {
+	vm, pod := runningVM("down")
+	vm.Spec.Guest.CPUs.Use = 3000
+	guest := matching(vm)
+	cpus := vm.Spec.Guest.CPUs.Use
+	vm.Status.CPUs = &cpus
+	vm.Spec.Guest.CPUs.Use = 1500
+	f := newVMFixture(t, vm, guest, pod)
+
+	got := f.scaleTo(10)
+	if want := []string{"PlugCPUs 2", "SetRunnerCPU 1500m"}; !equalCalls(setCalls(guest.calls), want) {
+		t.Errorf("scaling calls %v, want %v", setCalls(guest.calls), want)
+	}
+	if got.Status.CPUs == nil || *got.Status.CPUs != 1500 {
+		t.Errorf("status.cpus = %v, want 1.5", got.Status.CPUs)
+	}
+}
+
 func TestVMReconcilerScalesCPUThroughTheRunnerInSysfsMode(t *testing.T) {
 	vm, pod := runningVM("sysfs")
 	vm.Spec.CPUScalingMode = ptr.To(vmv1.CPUScalingModeSysfs)
