@@ -81,25 +81,24 @@ func (r *MigrationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		return ctrl.Result{}, fmt.Errorf("get VirtualMachineMigration %s: %w", req.NamespacedName, err)
 	}
 	if !m.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, r.finalize(ctx, &m)
+		return ctrl.Result{}, r.reconcileDelete(ctx, &m)
 	}
 	if controllerutil.AddFinalizer(&m, MigrationFinalizer) {
 		if err := r.Update(ctx, &m); err != nil {
 			return ctrl.Result{}, fmt.Errorf("add the finalizer: %w", err)
 		}
 	}
+	return r.reconcileNormal(ctx, &m)
+}
+
+// reconcileNormal runs the phase's step and writes the status it leaves,
+// even when the step failed. A conflict, on the migration or its VM, is
+// no error: the next pass starts from the objects as they are now.
+func (r *MigrationReconciler) reconcileNormal(ctx context.Context, m *vmv1.VirtualMachineMigration) (ctrl.Result, error) {
 	before := m.Status.DeepCopy()
-	wait, err := r.step(ctx, &m)
-	if !equality.Semantic.DeepEqual(before, &m.Status) {
-		if uerr := r.Status().Update(ctx, &m); uerr != nil {
-			if apierrors.IsConflict(uerr) {
-				return ctrl.Result{RequeueAfter: time.Millisecond}, nil
-			}
-			return ctrl.Result{}, fmt.Errorf("update the migration's status: %w", uerr)
-		}
-		if before.Phase != m.Status.Phase {
-			log.FromContext(ctx).Info("migration phase changed", "from", before.Phase, "to", m.Status.Phase)
-		}
+	wait, err := r.step(ctx, m)
+	if uerr := r.writeStatus(ctx, m, before); uerr != nil {
+		err = uerr
 	}
 	if err != nil {
 		if apierrors.IsConflict(err) {
@@ -108,6 +107,20 @@ func (r *MigrationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{RequeueAfter: wait}, nil
+}
+
+// writeStatus updates the migration's status when it differs from before.
+func (r *MigrationReconciler) writeStatus(ctx context.Context, m *vmv1.VirtualMachineMigration, before *vmv1.VirtualMachineMigrationStatus) error {
+	if equality.Semantic.DeepEqual(before, &m.Status) {
+		return nil
+	}
+	if err := r.Status().Update(ctx, m); err != nil {
+		return fmt.Errorf("update the migration's status: %w", err)
+	}
+	if before.Phase != m.Status.Phase {
+		log.FromContext(ctx).Info("migration phase changed", "from", before.Phase, "to", m.Status.Phase)
+	}
+	return nil
 }
 
 func (r *MigrationReconciler) step(ctx context.Context, m *vmv1.VirtualMachineMigration) (time.Duration, error) {
@@ -374,9 +387,9 @@ func (r *MigrationReconciler) restoreVM(ctx context.Context, m *vmv1.VirtualMach
 	return nil
 }
 
-// finalize cancels a migration deleted mid-flight: the transfer stops, the
-// VM stays Running on the source and the target pod goes.
-func (r *MigrationReconciler) finalize(ctx context.Context, m *vmv1.VirtualMachineMigration) error {
+// reconcileDelete cancels a migration deleted mid-flight: the transfer
+// stops, the VM stays Running on the source and the target pod goes.
+func (r *MigrationReconciler) reconcileDelete(ctx context.Context, m *vmv1.VirtualMachineMigration) error {
 	if !controllerutil.ContainsFinalizer(m, MigrationFinalizer) {
 		return nil
 	}

@@ -149,51 +149,77 @@ func (r *VMReconciler) reconcile(ctx context.Context, req ctrl.Request) (ctrl.Re
 		return ctrl.Result{}, fmt.Errorf("get VirtualMachine %s: %w", req.NamespacedName, err)
 	}
 	if !vm.DeletionTimestamp.IsZero() {
-		// The runner pod and the SSH secret are owned by the VM: the
-		// garbage collector removes them.
-		r.scalingSince.Delete(vm.UID)
-		if !controllerutil.ContainsFinalizer(&vm, vmv1.VirtualMachineFinalizer) {
-			return ctrl.Result{}, nil
-		}
-		if err := r.releaseExtraNet(ctx, &vm); err != nil {
-			return ctrl.Result{}, err
-		}
-		controllerutil.RemoveFinalizer(&vm, vmv1.VirtualMachineFinalizer)
-		// Gone already: another replica, or a stale cache, removed it last.
-		if err := r.Update(ctx, &vm); client.IgnoreNotFound(err) != nil {
-			return ctrl.Result{}, fmt.Errorf("remove the finalizer: %w", err)
-		}
-		return ctrl.Result{}, nil
+		return r.reconcileDelete(ctx, &vm)
 	}
 	if controllerutil.AddFinalizer(&vm, vmv1.VirtualMachineFinalizer) {
 		if err := r.Update(ctx, &vm); err != nil {
 			return ctrl.Result{}, fmt.Errorf("add the finalizer: %w", err)
 		}
 	}
+	return r.reconcileNormal(ctx, &vm)
+}
 
+// reconcileDelete gives back what the VM holds outside Kubernetes (its
+// extra-network address) and lets it go. The runner pod and the SSH secret
+// are owned by the VM: the garbage collector removes them.
+func (r *VMReconciler) reconcileDelete(ctx context.Context, vm *vmv1.VirtualMachine) (ctrl.Result, error) {
+	r.scalingSince.Delete(vm.UID)
+	if !controllerutil.ContainsFinalizer(vm, vmv1.VirtualMachineFinalizer) {
+		return ctrl.Result{}, nil
+	}
+	if err := r.releaseExtraNet(ctx, vm); err != nil {
+		return ctrl.Result{}, err
+	}
+	controllerutil.RemoveFinalizer(vm, vmv1.VirtualMachineFinalizer)
+	// Gone already: another replica, or a stale cache, removed it last.
+	if err := r.Update(ctx, vm); client.IgnoreNotFound(err) != nil {
+		return ctrl.Result{}, fmt.Errorf("remove the finalizer: %w", err)
+	}
+	return ctrl.Result{}, nil
+}
+
+// reconcileNormal runs the phase's step and writes the status it leaves,
+// even when the step failed: what it learnt before failing is kept.
+func (r *VMReconciler) reconcileNormal(ctx context.Context, vm *vmv1.VirtualMachine) (ctrl.Result, error) {
 	before := vm.Status.DeepCopy()
-	wait, stepErr := r.step(ctx, &vm)
-	r.copyRevision(&vm)
-	if !equality.Semantic.DeepEqual(before, &vm.Status) {
-		if err := r.Status().Update(ctx, &vm); err != nil {
-			return ctrl.Result{}, fmt.Errorf("update the status: %w", err)
-		}
-		if before.Phase != vm.Status.Phase {
-			log.FromContext(ctx).Info("phase changed", "from", before.Phase, "to", vm.Status.Phase)
-			r.event(&vm, corev1.EventTypeNormal, "PhaseChanged", "Reconcile", "phase %s -> %s", phaseName(before.Phase), vm.Status.Phase)
-		}
+	wait, stepErr := r.step(ctx, vm)
+	r.copyRevision(vm)
+	if err := r.writeStatus(ctx, vm, before); err != nil {
+		return ctrl.Result{}, err
 	}
 	if stepErr != nil {
 		return ctrl.Result{}, stepErr
 	}
-	if wait == 0 {
-		wait = requeueIdle
-		switch vm.Status.Phase {
-		case vmv1.VmScaling, vmv1.VmMigrating, vmv1.VmPreMigrating, vmv1.VmPending, "":
-			wait = requeueBusy
-		}
+	return ctrl.Result{RequeueAfter: requeueAfter(vm.Status.Phase, wait)}, nil
+}
+
+// writeStatus updates the VM's status when it differs from before, and
+// tells of a phase change.
+func (r *VMReconciler) writeStatus(ctx context.Context, vm *vmv1.VirtualMachine, before *vmv1.VirtualMachineStatus) error {
+	if equality.Semantic.DeepEqual(before, &vm.Status) {
+		return nil
 	}
-	return ctrl.Result{RequeueAfter: wait}, nil
+	if err := r.Status().Update(ctx, vm); err != nil {
+		return fmt.Errorf("update the status: %w", err)
+	}
+	if before.Phase != vm.Status.Phase {
+		log.FromContext(ctx).Info("phase changed", "from", before.Phase, "to", vm.Status.Phase)
+		r.event(vm, corev1.EventTypeNormal, "PhaseChanged", "Reconcile", "phase %s -> %s", phaseName(before.Phase), vm.Status.Phase)
+	}
+	return nil
+}
+
+// requeueAfter is the step's wait, or when it named none, soon for a VM
+// in transition and seldom for a settled one.
+func requeueAfter(phase vmv1.VmPhase, wait time.Duration) time.Duration {
+	if wait != 0 {
+		return wait
+	}
+	switch phase {
+	case vmv1.VmScaling, vmv1.VmMigrating, vmv1.VmPreMigrating, vmv1.VmPending, "":
+		return requeueBusy
+	}
+	return requeueIdle
 }
 
 func phaseName(p vmv1.VmPhase) string {
