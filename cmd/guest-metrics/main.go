@@ -5,8 +5,9 @@ package main
 
 import (
 	"flag"
-	"log"
+	"log/slog"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,5 +24,7 @@ func main() {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	srv := &http.Server{Addr: *addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	log.Fatal(srv.ListenAndServe())
+	err := srv.ListenAndServe()
+	slog.New(slog.NewTextHandler(os.Stderr, nil)).Error("guest-metrics stopped", "cmd", "guest-metrics", "err", err)
+	os.Exit(1)
 }

@@ -4,27 +4,16 @@
 package main
 
 import (
-	"context"
 	"flag"
-	"fmt"
 	"os"
 	"strings"
 	"time"
 
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"github.com/go-logr/logr"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/healthz"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	"sigs.k8s.io/controller-runtime/pkg/metrics"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
-	webhookv1 "github.com/vmscale/vmscale/internal/webhook/v1"
 	"github.com/vmscale/vmscale/neonvm/controllers"
-	"github.com/vmscale/vmscale/neonvm/controllers/webhookcert"
 	"github.com/vmscale/vmscale/neonvm/podspec"
 )
 
@@ -77,150 +66,16 @@ func main() {
 	flag.StringVar(&cfg.settings.ExtraNetworkNAD, "extra-network-nad", podspec.DefaultExtraNetworkNAD, "Multus NetworkAttachmentDefinition (namespace/name) of spec.extraNetwork when a VM names none")
 	flag.BoolVar(&cfg.disableRunnerCgroup, "disable-runner-cgroup", true, "accepted for NeonVM compatibility: vmscale's runner never manages a QEMU cgroup")
 	flag.BoolVar(&cfg.atMostOne, "at-most-one-pod", false, "accepted for NeonVM compatibility: a stopped VM's pod is deleted before it restarts")
-	zapOpts := zap.Options{}
-	zapOpts.BindFlags(flag.CommandLine)
+	var logFlags logFlags
+	logFlags.bind(flag.CommandLine)
 	flag.Parse()
-	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	log := logFlags.logger(os.Stderr)
+	// controller-runtime (and the reconcilers, through the request
+	// context) log through logr: the same handler, so one format.
+	ctrl.SetLogger(logr.FromSlogHandler(log.Handler()))
 
-	if err := run(ctrl.SetupSignalHandler(), cfg); err != nil {
-		ctrl.Log.Error(err, "neonvm-controller failed")
+	if err := run(ctrl.SetupSignalHandler(), log, cfg); err != nil {
+		log.Error("neonvm-controller failed", "err", err)
 		os.Exit(1)
 	}
-}
-
-func run(ctx context.Context, cfg runConfig) error {
-	mode := vmv1.CPUScalingMode(cfg.defaultCPUScaling)
-	if mode != vmv1.CPUScalingModeQMP && mode != vmv1.CPUScalingModeSysfs {
-		return fmt.Errorf("--default-cpu-scaling-mode: %q is neither %s nor %s", mode, vmv1.CPUScalingModeQMP, vmv1.CPUScalingModeSysfs)
-	}
-	skip, err := webhookv1.ParseSkipList(cfg.skipUpdateValidation)
-	if err != nil {
-		return err
-	}
-
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return fmt.Errorf("register core types: %w", err)
-	}
-	if err := vmv1.AddToScheme(scheme); err != nil {
-		return fmt.Errorf("register vm.neon.tech types: %w", err)
-	}
-
-	var bundle *webhookcert.Bundle
-	if cfg.selfSigned {
-		ns, name, ok := strings.Cut(cfg.webhookService, "/")
-		if !ok {
-			return fmt.Errorf("--webhook-service: %q is not namespace/name", cfg.webhookService)
-		}
-		bundle, err = webhookcert.Generate(webhookcert.ServiceHosts(ns, name), time.Now(), 10*365*24*time.Hour)
-		if err != nil {
-			return err
-		}
-		if err := bundle.Write(cfg.webhookCertDir); err != nil {
-			return err
-		}
-		ctrl.Log.Info("generated a self-signed webhook certificate", "dir", cfg.webhookCertDir, "service", cfg.webhookService)
-	}
-
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
-		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: cfg.metricsAddr},
-		HealthProbeBindAddress: cfg.probeAddr,
-		LeaderElection:         cfg.leaderElect,
-		LeaderElectionID:       "neonvm-controller.vm.neon.tech",
-		WebhookServer: webhook.NewServer(webhook.Options{
-			Port:    cfg.webhookPort,
-			CertDir: cfg.webhookCertDir,
-		}),
-	})
-	if err != nil {
-		return fmt.Errorf("create manager: %w", err)
-	}
-
-	recorder := mgr.GetEventRecorder("neonvm-controller")
-	if cfg.enableWebhooks {
-		if err := webhookv1.SetupWebhooksWithManager(mgr, webhookv1.WebhookConfig{
-			DefaultCPUScalingMode:   mode,
-			SkipUpdateValidationFor: skip,
-			Recorder:                recorder,
-		}); err != nil {
-			return err
-		}
-	}
-	cfg.settings.DefaultCPUScalingMode = mode
-	cfg.settings.DiskCopyCommand = strings.Fields(cfg.diskCopyCommand)
-	if cfg.settings.RunnerImage == "" {
-		return fmt.Errorf("--runner-image (or $VM_RUNNER_IMAGE) is required: the image runner pods run")
-	}
-	m := controllers.NewMetrics(metrics.Registry, mgr.GetCache())
-	var ipam *controllers.IPAM
-	if cfg.ipamRange != "" {
-		ns, name, ok := strings.Cut(cfg.ipamPool, "/")
-		if !ok {
-			return fmt.Errorf("--ipam-pool-name: %q is not namespace/name", cfg.ipamPool)
-		}
-		ipam, err = controllers.NewIPAM(mgr.GetClient(), mgr.GetAPIReader(), types.NamespacedName{Namespace: ns, Name: name}, cfg.ipamRange, metrics.Registry)
-		if err != nil {
-			return fmt.Errorf("--ipam-range/--ipam-pool-name: %w", err)
-		}
-	}
-	if err := (&controllers.VMReconciler{
-		Client:                  mgr.GetClient(),
-		APIReader:               mgr.GetAPIReader(),
-		Recorder:                recorder,
-		Settings:                cfg.settings,
-		Metrics:                 m,
-		IPAM:                    ipam,
-		MaxConcurrentReconciles: cfg.concurrency,
-	}).SetupWithManager(mgr); err != nil {
-		return fmt.Errorf("set up the VirtualMachine reconciler: %w", err)
-	}
-	if err := (&controllers.MigrationReconciler{
-		Client:                  mgr.GetClient(),
-		APIReader:               mgr.GetAPIReader(),
-		Recorder:                recorder,
-		Settings:                cfg.settings,
-		Metrics:                 m,
-		DowntimeLimit:           cfg.downtimeLimit,
-		MaxConcurrentReconciles: cfg.concurrency,
-	}).SetupWithManager(mgr); err != nil {
-		return fmt.Errorf("set up the VirtualMachineMigration reconciler: %w", err)
-	}
-	if bundle != nil {
-		if err := mgr.Add(&webhookcert.Injector{
-			Client:         mgr.GetClient(),
-			CAPEM:          bundle.CAPEM,
-			Configurations: splitList(cfg.webhookConfigs),
-			Interval:       time.Minute,
-		}); err != nil {
-			return fmt.Errorf("add webhook CA injector: %w", err)
-		}
-	}
-
-	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
-		return fmt.Errorf("add health check: %w", err)
-	}
-	if cfg.enableWebhooks {
-		if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
-			return fmt.Errorf("add ready check: %w", err)
-		}
-	}
-
-	ctrl.Log.Info("starting neonvm-controller", "webhooks", cfg.enableWebhooks, "webhookPort", cfg.webhookPort,
-		"defaultCPUScalingMode", mode, "runnerImage", cfg.settings.RunnerImage, "concurrency", cfg.concurrency,
-		"ipamRange", cfg.ipamRange, "ipamPool", cfg.ipamPool)
-	if err := mgr.Start(ctx); err != nil {
-		return fmt.Errorf("run manager: %w", err)
-	}
-	return nil
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, item := range strings.Split(s, ",") {
-		if item = strings.TrimSpace(item); item != "" {
-			out = append(out, item)
-		}
-	}
-	return out
 }

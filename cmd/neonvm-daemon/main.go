@@ -9,8 +9,9 @@ package main
 import (
 	"context"
 	"flag"
-	"log"
+	"log/slog"
 	"net/http"
+	"os"
 	"os/exec"
 	"os/signal"
 	"syscall"
@@ -20,19 +21,17 @@ import (
 )
 
 func main() {
-	log.SetFlags(0)
-	log.SetPrefix("neonvm-daemon: ")
 	// init gives the daemon the console as stderr: where an operator
-	// watching the VM looks.
-	logf := log.Printf
+	// watching the VM looks. Text, as a person reads it there.
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("cmd", "neonvm-daemon")
 	addr := flag.String("addr", "0.0.0.0:25183", "address of the /cpu API")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
 	go func() {
-		if err := daemon.WatchHotplug(ctx, logf); err != nil {
-			logf("hotplug watcher stopped: %v", err)
+		if err := daemon.WatchHotplug(ctx, log); err != nil {
+			log.Error("hotplug watcher stopped", "err", err)
 		}
 	}()
 	go func() {
@@ -40,27 +39,27 @@ func main() {
 			// busybox init runs the shutdown actions, stops every process
 			// and powers off.
 			if err := exec.Command("/neonvm/bin/busybox", "poweroff").Run(); err != nil {
-				logf("poweroff: %v", err)
+				log.Error("poweroff failed", "err", err)
 			}
-		}, logf)
+		}, log)
 		if err != nil {
-			logf("power button watcher stopped: %v", err)
+			log.Error("power button watcher stopped", "err", err)
 		}
 	}()
-	go serveAPI(ctx, *addr, logf)
-	daemon.ServeExecPort(ctx, logf)
+	go serveAPI(ctx, *addr, log)
+	daemon.ServeExecPort(ctx, log)
 }
 
 // serveAPI serves GET/PUT /cpu (SysfsScaling) and GET/PUT /files/ (watched
 // disks) for the runner.
-func serveAPI(ctx context.Context, addr string, logf daemon.Logf) {
+func serveAPI(ctx context.Context, addr string, log *slog.Logger) {
 	mux := http.NewServeMux()
 	mux.Handle("/cpu", &daemon.CPUServer{Sys: "/sys"})
-	mux.Handle("/files/", &daemon.FilesServer{Root: "/", Logf: logf})
+	mux.Handle("/files/", &daemon.FilesServer{Root: "/", Log: log})
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { <-ctx.Done(); _ = srv.Close() }()
-	logf("serving /cpu and /files/ on %s", addr)
+	log.Info("serving /cpu and /files/", "addr", addr)
 	if err := srv.ListenAndServe(); err != nil && ctx.Err() == nil {
-		logf("API on %s stopped: %v", addr, err)
+		log.Error("API stopped", "addr", addr, "err", err)
 	}
 }

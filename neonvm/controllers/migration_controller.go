@@ -72,28 +72,30 @@ func (r *MigrationReconciler) event(obj client.Object, typ, reason, note string,
 func (r *MigrationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	var m vmv1.VirtualMachineMigration
 	if err := r.Get(ctx, req.NamespacedName, &m); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, fmt.Errorf("get VirtualMachineMigration %s: %w", req.NamespacedName, err)
 	}
 	if !m.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, r.finalize(ctx, &m)
+		return ctrl.Result{}, r.reconcileDelete(ctx, &m)
 	}
 	if controllerutil.AddFinalizer(&m, vmv1.VirtualMachineMigrationFinalizer) {
 		if err := r.Update(ctx, &m); err != nil {
 			return ctrl.Result{}, fmt.Errorf("add the finalizer: %w", err)
 		}
 	}
+	return r.reconcileNormal(ctx, &m)
+}
+
+// reconcileNormal runs the phase's step and writes the status it leaves,
+// even when the step failed. A conflict, on the migration or its VM, is
+// no error: the next pass starts from the objects as they are now.
+func (r *MigrationReconciler) reconcileNormal(ctx context.Context, m *vmv1.VirtualMachineMigration) (ctrl.Result, error) {
 	before := m.Status.DeepCopy()
-	wait, err := r.step(ctx, &m)
-	if !equality.Semantic.DeepEqual(before, &m.Status) {
-		if uerr := r.Status().Update(ctx, &m); uerr != nil {
-			if apierrors.IsConflict(uerr) {
-				return ctrl.Result{RequeueAfter: time.Millisecond}, nil
-			}
-			return ctrl.Result{}, fmt.Errorf("update the migration's status: %w", uerr)
-		}
-		if before.Phase != m.Status.Phase {
-			log.FromContext(ctx).Info("migration phase changed", "from", before.Phase, "to", m.Status.Phase)
-		}
+	wait, err := r.step(ctx, m)
+	if uerr := r.writeStatus(ctx, m, before); uerr != nil {
+		err = uerr
 	}
 	if err != nil {
 		if apierrors.IsConflict(err) {
@@ -102,6 +104,20 @@ func (r *MigrationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{RequeueAfter: wait}, nil
+}
+
+// writeStatus updates the migration's status when it differs from before.
+func (r *MigrationReconciler) writeStatus(ctx context.Context, m *vmv1.VirtualMachineMigration, before *vmv1.VirtualMachineMigrationStatus) error {
+	if equality.Semantic.DeepEqual(before, &m.Status) {
+		return nil
+	}
+	if err := r.Status().Update(ctx, m); err != nil {
+		return fmt.Errorf("update the migration's status: %w", err)
+	}
+	if before.Phase != m.Status.Phase {
+		log.FromContext(ctx).Info("migration phase changed", "from", before.Phase, "to", m.Status.Phase)
+	}
+	return nil
 }
 
 func (r *MigrationReconciler) step(ctx context.Context, m *vmv1.VirtualMachineMigration) (time.Duration, error) {
@@ -117,7 +133,7 @@ func (r *MigrationReconciler) step(ctx context.Context, m *vmv1.VirtualMachineMi
 			r.fail(m, "VMNotFound", fmt.Sprintf("VirtualMachine %s/%s does not exist", m.Namespace, m.Spec.VMName))
 			return 0, nil
 		}
-		return 0, err
+		return 0, fmt.Errorf("get VirtualMachine %s: %w", m.Spec.VMName, err)
 	}
 	switch m.Status.Phase {
 	case "":
@@ -140,10 +156,10 @@ func (r *MigrationReconciler) start(ctx context.Context, m *vmv1.VirtualMachineM
 	}
 	if owner := metav1.GetControllerOf(m); owner == nil {
 		if err := controllerutil.SetControllerReference(vm, m, r.Scheme()); err != nil {
-			return 0, err
+			return 0, fmt.Errorf("make VirtualMachine %s the migration's controller: %w", vm.Name, err)
 		}
 		if err := r.Update(ctx, m); err != nil {
-			return 0, err
+			return 0, fmt.Errorf("set the migration's controller: %w", err)
 		}
 	}
 	st := &m.Status
@@ -313,7 +329,7 @@ func (r *MigrationReconciler) succeed(ctx context.Context, m *vmv1.VirtualMachin
 		patch := client.MergeFrom(target.DeepCopy())
 		target.OwnerReferences = nil
 		if err := controllerutil.SetControllerReference(vm, target, r.Scheme()); err != nil {
-			return err
+			return fmt.Errorf("hand target pod %s to the VM: %w", target.Name, err)
 		}
 		if err := r.Patch(ctx, target, patch); err != nil {
 			return fmt.Errorf("hand target pod %s to the VM: %w", target.Name, err)
@@ -361,14 +377,16 @@ func (r *MigrationReconciler) restoreVM(ctx context.Context, m *vmv1.VirtualMach
 	}
 	if vm.Status.Phase == vmv1.VmPreMigrating || vm.Status.Phase == vmv1.VmMigrating {
 		vm.Status.Phase = vmv1.VmRunning
-		return r.Status().Update(ctx, vm)
+		if err := r.Status().Update(ctx, vm); err != nil {
+			return fmt.Errorf("set VirtualMachine %s back to Running: %w", vm.Name, err)
+		}
 	}
 	return nil
 }
 
-// finalize cancels a migration deleted mid-flight: the transfer stops, the
-// VM stays Running on the source and the target pod goes.
-func (r *MigrationReconciler) finalize(ctx context.Context, m *vmv1.VirtualMachineMigration) error {
+// reconcileDelete cancels a migration deleted mid-flight: the transfer
+// stops, the VM stays Running on the source and the target pod goes.
+func (r *MigrationReconciler) reconcileDelete(ctx context.Context, m *vmv1.VirtualMachineMigration) error {
 	if !controllerutil.ContainsFinalizer(m, vmv1.VirtualMachineMigrationFinalizer) {
 		return nil
 	}
@@ -386,7 +404,7 @@ func (r *MigrationReconciler) finalize(ctx context.Context, m *vmv1.VirtualMachi
 			}
 			r.event(&vm, corev1.EventTypeNormal, "MigrationCancelled", "migration %s deleted: the VM stays in %s", m.Name, m.Status.SourcePodName)
 		} else if err != nil && !apierrors.IsNotFound(err) {
-			return err
+			return fmt.Errorf("get VirtualMachine %s: %w", m.Spec.VMName, err)
 		}
 		if err := r.deleteTargetPod(ctx, m); err != nil {
 			return err
@@ -394,7 +412,10 @@ func (r *MigrationReconciler) finalize(ctx context.Context, m *vmv1.VirtualMachi
 		r.Metrics.observeMigration("cancelled", 0, 0)
 	}
 	controllerutil.RemoveFinalizer(m, vmv1.VirtualMachineMigrationFinalizer)
-	return r.Update(ctx, m)
+	if err := r.Update(ctx, m); err != nil {
+		return fmt.Errorf("remove the finalizer: %w", err)
+	}
+	return nil
 }
 
 // targetPod is the VM's runner pod waiting for the migration, controlled
@@ -440,9 +461,12 @@ func (r *MigrationReconciler) addSourceOwner(ctx context.Context, m *vmv1.Virtua
 	}
 	patch := client.MergeFrom(src.DeepCopy())
 	if err := controllerutil.SetOwnerReference(m, src, r.Scheme()); err != nil {
-		return err
+		return fmt.Errorf("add the migration to source pod %s's owners: %w", src.Name, err)
 	}
-	return r.Patch(ctx, src, patch)
+	if err := r.Patch(ctx, src, patch); err != nil {
+		return fmt.Errorf("add the migration to source pod %s's owners: %w", src.Name, err)
+	}
+	return nil
 }
 
 func (r *MigrationReconciler) deleteSourcePod(ctx context.Context, m *vmv1.VirtualMachineMigration) error {
@@ -461,7 +485,10 @@ func (r *MigrationReconciler) deletePod(ctx context.Context, ns, name string) er
 	if err != nil || pod == nil || pod.DeletionTimestamp != nil {
 		return err
 	}
-	return client.IgnoreNotFound(r.Delete(ctx, pod))
+	if err := r.Delete(ctx, pod); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("delete pod %s: %w", name, err)
+	}
+	return nil
 }
 
 func (r *MigrationReconciler) getPod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
@@ -473,7 +500,10 @@ func (r *MigrationReconciler) getPod(ctx context.Context, ns, name string) (*cor
 	if apierrors.IsNotFound(err) {
 		return nil, nil
 	}
-	return &pod, err
+	if err != nil {
+		return nil, fmt.Errorf("get pod %s: %w", name, err)
+	}
+	return &pod, nil
 }
 
 // qmp runs f against the QEMU of the runner pod at ip.

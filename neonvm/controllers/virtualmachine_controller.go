@@ -143,51 +143,83 @@ func (r *VMReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Re
 func (r *VMReconciler) reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	var vm vmv1.VirtualMachine
 	if err := r.Get(ctx, req.NamespacedName, &vm); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
-	}
-	if !vm.DeletionTimestamp.IsZero() {
-		// The runner pod and the SSH secret are owned by the VM: the
-		// garbage collector removes them.
-		r.scalingSince.Delete(vm.UID)
-		if !controllerutil.ContainsFinalizer(&vm, vmv1.VirtualMachineFinalizer) {
+		if apierrors.IsNotFound(err) {
 			return ctrl.Result{}, nil
 		}
-		if err := r.releaseExtraNet(ctx, &vm); err != nil {
-			return ctrl.Result{}, err
-		}
-		controllerutil.RemoveFinalizer(&vm, vmv1.VirtualMachineFinalizer)
-		// Gone already: another replica, or a stale cache, removed it last.
-		return ctrl.Result{}, client.IgnoreNotFound(r.Update(ctx, &vm))
+		return ctrl.Result{}, fmt.Errorf("get VirtualMachine %s: %w", req.NamespacedName, err)
+	}
+	if !vm.DeletionTimestamp.IsZero() {
+		return r.reconcileDelete(ctx, &vm)
 	}
 	if controllerutil.AddFinalizer(&vm, vmv1.VirtualMachineFinalizer) {
 		if err := r.Update(ctx, &vm); err != nil {
 			return ctrl.Result{}, fmt.Errorf("add the finalizer: %w", err)
 		}
 	}
+	return r.reconcileNormal(ctx, &vm)
+}
 
+// reconcileDelete gives back what the VM holds outside Kubernetes (its
+// extra-network address) and lets it go. The runner pod and the SSH secret
+// are owned by the VM: the garbage collector removes them.
+func (r *VMReconciler) reconcileDelete(ctx context.Context, vm *vmv1.VirtualMachine) (ctrl.Result, error) {
+	r.scalingSince.Delete(vm.UID)
+	if !controllerutil.ContainsFinalizer(vm, vmv1.VirtualMachineFinalizer) {
+		return ctrl.Result{}, nil
+	}
+	if err := r.releaseExtraNet(ctx, vm); err != nil {
+		return ctrl.Result{}, err
+	}
+	controllerutil.RemoveFinalizer(vm, vmv1.VirtualMachineFinalizer)
+	// Gone already: another replica, or a stale cache, removed it last.
+	if err := r.Update(ctx, vm); client.IgnoreNotFound(err) != nil {
+		return ctrl.Result{}, fmt.Errorf("remove the finalizer: %w", err)
+	}
+	return ctrl.Result{}, nil
+}
+
+// reconcileNormal runs the phase's step and writes the status it leaves,
+// even when the step failed: what it learnt before failing is kept.
+func (r *VMReconciler) reconcileNormal(ctx context.Context, vm *vmv1.VirtualMachine) (ctrl.Result, error) {
 	before := vm.Status.DeepCopy()
-	wait, stepErr := r.step(ctx, &vm)
-	r.copyRevision(&vm)
-	if !equality.Semantic.DeepEqual(before, &vm.Status) {
-		if err := r.Status().Update(ctx, &vm); err != nil {
-			return ctrl.Result{}, fmt.Errorf("update the status: %w", err)
-		}
-		if before.Phase != vm.Status.Phase {
-			log.FromContext(ctx).Info("phase changed", "from", before.Phase, "to", vm.Status.Phase)
-			r.event(&vm, corev1.EventTypeNormal, "PhaseChanged", "Reconcile", "phase %s -> %s", phaseName(before.Phase), vm.Status.Phase)
-		}
+	wait, stepErr := r.step(ctx, vm)
+	r.copyRevision(vm)
+	if err := r.writeStatus(ctx, vm, before); err != nil {
+		return ctrl.Result{}, err
 	}
 	if stepErr != nil {
 		return ctrl.Result{}, stepErr
 	}
-	if wait == 0 {
-		wait = requeueIdle
-		switch vm.Status.Phase {
-		case vmv1.VmScaling, vmv1.VmMigrating, vmv1.VmPreMigrating, vmv1.VmPending, "":
-			wait = requeueBusy
-		}
+	return ctrl.Result{RequeueAfter: requeueAfter(vm.Status.Phase, wait)}, nil
+}
+
+// writeStatus updates the VM's status when it differs from before, and
+// tells of a phase change.
+func (r *VMReconciler) writeStatus(ctx context.Context, vm *vmv1.VirtualMachine, before *vmv1.VirtualMachineStatus) error {
+	if equality.Semantic.DeepEqual(before, &vm.Status) {
+		return nil
 	}
-	return ctrl.Result{RequeueAfter: wait}, nil
+	if err := r.Status().Update(ctx, vm); err != nil {
+		return fmt.Errorf("update the status: %w", err)
+	}
+	if before.Phase != vm.Status.Phase {
+		log.FromContext(ctx).Info("phase changed", "from", before.Phase, "to", vm.Status.Phase)
+		r.event(vm, corev1.EventTypeNormal, "PhaseChanged", "Reconcile", "phase %s -> %s", phaseName(before.Phase), vm.Status.Phase)
+	}
+	return nil
+}
+
+// requeueAfter is the step's wait, or when it named none, soon for a VM
+// in transition and seldom for a settled one.
+func requeueAfter(phase vmv1.VmPhase, wait time.Duration) time.Duration {
+	if wait != 0 {
+		return wait
+	}
+	switch phase {
+	case vmv1.VmScaling, vmv1.VmMigrating, vmv1.VmPreMigrating, vmv1.VmPending, "":
+		return requeueBusy
+	}
+	return requeueIdle
 }
 
 func phaseName(p vmv1.VmPhase) string {
@@ -439,7 +471,10 @@ func podGone(ctx context.Context, reader client.Reader, ns, name string) (bool, 
 	if apierrors.IsNotFound(err) {
 		return true, nil
 	}
-	return false, err
+	if err != nil {
+		return false, fmt.Errorf("get pod %s from the apiserver: %w", name, err)
+	}
+	return false, nil
 }
 
 // multusPrefix marks pod annotations that the network owns: kept on
@@ -452,7 +487,7 @@ func (r *VMReconciler) syncPodMetadata(ctx context.Context, vm *vmv1.VirtualMach
 	labels := podspec.Labels(vm)
 	annotations, err := podspec.Annotations(vm)
 	if err != nil {
-		return err
+		return fmt.Errorf("runner pod %s annotations: %w", pod.Name, err)
 	}
 	for k, v := range pod.Annotations {
 		if strings.HasPrefix(k, multusPrefix) {
@@ -482,12 +517,15 @@ func nonNil(m map[string]string) map[string]string {
 func (r *VMReconciler) ensureSSHSecret(ctx context.Context, vm *vmv1.VirtualMachine) error {
 	var s corev1.Secret
 	err := r.Get(ctx, types.NamespacedName{Namespace: vm.Namespace, Name: vm.Status.SSHSecretName}, &s)
-	if err == nil || !apierrors.IsNotFound(err) {
-		return err
+	if err == nil {
+		return nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return fmt.Errorf("get SSH secret %s: %w", vm.Status.SSHSecretName, err)
 	}
 	pub, priv, err := sshKeyPair()
 	if err != nil {
-		return err
+		return fmt.Errorf("SSH secret %s: %w", vm.Status.SSHSecretName, err)
 	}
 	s = corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: vm.Status.SSHSecretName, Namespace: vm.Namespace},
@@ -496,7 +534,7 @@ func (r *VMReconciler) ensureSSHSecret(ctx context.Context, vm *vmv1.VirtualMach
 		Data:       map[string][]byte{"ssh-publickey": pub, corev1.SSHAuthPrivateKey: priv},
 	}
 	if err := controllerutil.SetControllerReference(vm, &s, r.Scheme()); err != nil {
-		return err
+		return fmt.Errorf("SSH secret %s: %w", s.Name, err)
 	}
 	if err := r.Create(ctx, &s); err != nil && !apierrors.IsAlreadyExists(err) && !terminating(err) {
 		return fmt.Errorf("create SSH secret %s: %w", s.Name, err)
@@ -515,15 +553,15 @@ func terminating(err error) bool {
 func sshKeyPair() (pub, priv []byte, err error) {
 	pk, sk, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("generate an ed25519 key: %w", err)
 	}
 	sshPub, err := ssh.NewPublicKey(pk)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("SSH public key: %w", err)
 	}
 	block, err := ssh.MarshalPrivateKey(sk, "neonvm")
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("SSH private key: %w", err)
 	}
 	return ssh.MarshalAuthorizedKey(sshPub), pem.EncodeToMemory(block), nil
 }

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,7 +28,7 @@ func findPort(name string) string {
 // open for the daemon's life: reads end (EOF) whenever the host side
 // disconnects, and closing the port then would make the guest driver drop a
 // request the host sent on reconnecting.
-func ServeExecPort(ctx context.Context, logf Logf) {
+func ServeExecPort(ctx context.Context, log *slog.Logger) {
 	var f *os.File
 	for ctx.Err() == nil {
 		dev := findPort(guestexec.PortName)
@@ -37,11 +38,11 @@ func ServeExecPort(ctx context.Context, logf Logf) {
 		}
 		var err error
 		if f, err = os.OpenFile(dev, os.O_RDWR, 0); err != nil {
-			logf("open %s: %v", dev, err)
+			log.Warn("cannot open the exec channel", "device", dev, "err", err)
 			sleep(ctx, time.Second)
 			continue
 		}
-		logf("serving the exec channel on %s", dev)
+		log.Info("serving the exec channel", "device", dev)
 		break
 	}
 	if f == nil {

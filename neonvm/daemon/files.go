@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -25,8 +26,9 @@ const maxFilesBody = 4 << 20
 type FilesServer struct {
 	// Root is prefixed to every path ("/" in the guest).
 	Root string
-	Logf Logf
-	Now  func() time.Time
+	// Log records each update; nil: none.
+	Log *slog.Logger
+	Now func() time.Time
 }
 
 func (s *FilesServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -81,8 +83,8 @@ func (s *FilesServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
-		if s.Logf != nil {
-			s.Logf("%s updated: %d files, checksum %s", clean, len(contents), files.Checksum(contents))
+		if s.Log != nil {
+			s.Log.Info("watched disk updated", "path", clean, "files", len(contents), "checksum", files.Checksum(contents))
 		}
 	default:
 		w.Header().Set("Allow", "GET, PUT")

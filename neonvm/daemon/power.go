@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -46,7 +47,7 @@ func powerButtonDevices() []string {
 
 // WatchPowerButton calls onPress when QEMU presses the guest's ACPI power
 // button (system_powerdown), until ctx ends.
-func WatchPowerButton(ctx context.Context, onPress func(), logf Logf) error {
+func WatchPowerButton(ctx context.Context, onPress func(), log *slog.Logger) error {
 	var devs []string
 	for devs = powerButtonDevices(); len(devs) == 0; devs = powerButtonDevices() {
 		select {
@@ -64,7 +65,7 @@ func WatchPowerButton(ctx context.Context, onPress func(), logf Logf) error {
 				return
 			}
 			go func() { <-ctx.Done(); f.Close() }()
-			logf("watching %s for the power button", dev)
+			log.Info("watching for the power button", "device", dev)
 			for {
 				var e inputEvent
 				if err := binary.Read(f, binary.LittleEndian, &e); err != nil {
@@ -76,7 +77,7 @@ func WatchPowerButton(ctx context.Context, onPress func(), logf Logf) error {
 					return
 				}
 				if IsPowerPress(e) {
-					logf("power button pressed")
+					log.Info("power button pressed", "device", dev)
 					onPress()
 				}
 			}

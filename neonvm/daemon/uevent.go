@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -65,12 +66,9 @@ func OnlineAction(ev Uevent) (file, value string, ok bool) {
 	return "", "", false
 }
 
-// Logf is how the daemon reports what it does.
-type Logf func(format string, args ...any)
-
 // WatchHotplug listens for kernel uevents and onlines every vCPU added,
 // until ctx ends.
-func WatchHotplug(ctx context.Context, logf Logf) error {
+func WatchHotplug(ctx context.Context, log *slog.Logger) error {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_KOBJECT_UEVENT)
 	if err != nil {
 		return fmt.Errorf("open uevent socket: %w", err)
@@ -101,10 +99,10 @@ func WatchHotplug(ctx context.Context, logf Logf) error {
 			continue
 		}
 		if err := online(file, value); err != nil {
-			logf("online %s: %v", ev.DevPath, err)
+			log.Error("cannot online a hot-plugged vCPU", "devpath", ev.DevPath, "err", err)
 			continue
 		}
-		logf("onlined %s", ev.DevPath)
+		log.Info("onlined a hot-plugged vCPU", "devpath", ev.DevPath)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -17,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap/zapcore"
+	"github.com/go-logr/logr"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -27,7 +28,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
@@ -64,7 +64,7 @@ func TestMain(m *testing.M) {
 
 func runSuite(m *testing.M) int {
 	defer testbin.Cleanup()
-	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapLevel())))
+	logf.SetLogger(logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: managerLogLevel()})))
 	must(clientgoscheme.AddToScheme(scheme))
 	must(vmv1.AddToScheme(scheme))
 	must(apiextensionsv1.AddToScheme(scheme))
@@ -207,12 +207,13 @@ func kubeAssets() (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-// zapLevel keeps the manager quiet unless VMSCALE_TEST_VERBOSE is set.
-func zapLevel() zapcore.Level {
+// managerLogLevel keeps the manager quiet unless VMSCALE_TEST_VERBOSE is
+// set.
+func managerLogLevel() slog.Level {
 	if os.Getenv("VMSCALE_TEST_VERBOSE") != "" {
-		return zapcore.DebugLevel
+		return slog.LevelDebug
 	}
-	return zapcore.ErrorLevel
+	return slog.LevelError
 }
 
 func must(err error) {
