@@ -15,7 +15,7 @@ import (
 	"github.com/vmscale/vmscale/pkg/plugin/vmpod"
 )
 
-// Annotations the scheduler plugin writes on a VM (spec/protocols.md §1, §5).
+// Annotations the scheduler plugin writes on a VM (docs/protocols.md#annotations-and-labels).
 const (
 	ApprovedAnnotation  = vmpod.ApprovedAnnotation
 	RequestedAnnotation = vmpod.RequestedAnnotation

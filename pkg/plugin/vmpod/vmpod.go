@@ -19,7 +19,7 @@ import (
 	"github.com/vmscale/vmscale/pkg/plugin/state"
 )
 
-// Annotations and labels of the agent↔plugin protocol (spec/protocols.md §4).
+// Annotations and labels of the agent↔plugin protocol (docs/protocols.md#annotations-and-labels).
 const (
 	ScalingUnitAnnotation       = "autoscaling.neon.tech/scaling-unit"
 	RequestedAnnotation         = "internal.autoscaling.neon.tech/resources-requested"
