@@ -9,8 +9,9 @@
 # tests need the cluster's capacity to themselves, one at a time.
 #
 # VM_IMAGE (the Postgres root disk the VMs boot) defaults to the vm-postgres
-# image of the last `make images`. Artifacts (kuttl's logs and report) go to
-# $VMSCALE_CACHE/e2e.
+# image of the last `make images`. Artifacts (kuttl's logs and report, the
+# kubeconfig kuttl writes, its binary) go to $VMSCALE_CACHE/e2e: nothing is
+# written into the clone.
 source "$(dirname "$0")/lib/common.sh"
 cd "$VMSCALE_ROOT"
 
@@ -24,16 +25,28 @@ kubectl get deployment -n neonvm-system neonvm-controller >/dev/null 2>&1 ||
 	die "vmscale is not deployed in $KUBECONFIG: run \`make deploy-local\` (or \`make deploy\`) first"
 
 artifacts="$VMSCALE_CACHE/e2e"
-mkdir -p "$artifacts"
+mkdir -p "$artifacts/run" "$artifacts/bin"
 log "kuttl e2e against $KUBECONFIG with $VM_IMAGE${1:+ (test $1)}"
-kuttl() { go tool -modfile=hack/tools/go.mod kubectl-kuttl test --artifacts-dir "$artifacts" --report JSON "$@"; }
+# kuttl writes a `kubeconfig` into its working directory, so it runs in
+# $artifacts/run, never in the clone: it is built there once (go's build
+# cache makes a rebuild instant) and given absolute test folders, which
+# replace the config's testDirs.
+kuttl_bin="$artifacts/bin/kubectl-kuttl"
+go build -modfile=hack/tools/go.mod -o "$kuttl_bin" github.com/kudobuilder/kuttl/cmd/kubectl-kuttl
+kuttl() {
+	local config="$1" dir="$2"; shift 2
+	(cd "$artifacts/run" && "$kuttl_bin" test --config "$VMSCALE_ROOT/$config" \
+		--artifacts-dir "$artifacts" --report JSON "$@" "$VMSCALE_ROOT/$dir")
+}
 if [ -n "${1:-}" ]; then
-	config=tests/e2e/kuttl-test.yaml
-	[ -d "tests/e2e/serial/$1" ] && config=tests/e2e/kuttl-serial.yaml
-	kuttl --config "$config" --test "$1"
+	if [ -d "tests/e2e/serial/$1" ]; then
+		kuttl tests/e2e/kuttl-serial.yaml tests/e2e/serial --test "$1"
+	else
+		kuttl tests/e2e/kuttl-test.yaml tests/e2e/suite --test "$1"
+	fi
 else
 	rc=0
-	kuttl --config tests/e2e/kuttl-test.yaml --report-name kuttl-report || rc=1
-	kuttl --config tests/e2e/kuttl-serial.yaml --report-name kuttl-serial-report || rc=1
+	kuttl tests/e2e/kuttl-test.yaml tests/e2e/suite --report-name kuttl-report || rc=1
+	kuttl tests/e2e/kuttl-serial.yaml tests/e2e/serial --report-name kuttl-serial-report || rc=1
 	exit "$rc"
 fi

@@ -9,6 +9,14 @@ cd "$VMSCALE_ROOT"
 start=$SECONDS
 step() { log "== $* ($((SECONDS - start))s)"; }
 
+# What `git status` shows before the run (empty in CI's fresh clone): the run
+# must leave the tree exactly so (checked at the end).
+in_git=false
+if git -C "$VMSCALE_ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+	in_git=true
+	tree_before="$(git -C "$VMSCALE_ROOT" status --porcelain)"
+fi
+
 step "Kubernetes binaries (etcd, kube-apiserver, kubectl, kubelet, ...)"
 assets="$(hack/k8s-binaries.sh)"
 export KUBEBUILDER_ASSETS="$assets"
@@ -59,5 +67,16 @@ if ! with_progress "kuttl e2e" bash -c 'KUBECONFIG="$1" hack/e2e.sh >"$2" 2>&1' 
 fi
 grep -E -- '--- (PASS|FAIL)' "$e2e_log"
 cat "$e2e_log" >>"${VMSCALE_TEST_LOG:-/dev/null}"
+
+# A test run writes only into $VMSCALE_CACHE and temporary folders: a clone
+# it leaves changed (a kubeconfig, a binary, a regenerated file) would give the
+# next build's images a -dirty tag.
+# In a clean clone (CI) `git status --porcelain` must be empty.
+if $in_git; then
+	step "the work tree is as the run found it"
+	changed="$(comm -13 <(sort <<<"$tree_before") <(git -C "$VMSCALE_ROOT" status --porcelain | sort))"
+	[ -z "$changed" ] || die "the test run changed the work tree (tests write into \$VMSCALE_CACHE or a temporary folder):
+$changed"
+fi
 
 step "all tests passed"

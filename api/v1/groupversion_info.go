@@ -3,7 +3,7 @@
 // MilliCPU encoding, and the admission webhooks that default and validate them.
 //
 // The JSON shape follows NeonVM exactly so existing manifests apply unchanged;
-// see ../../../shared/spec/neonvm.md and DECISIONS.md for where vmscale differs.
+// see docs/neonvm.md and docs/api.md for where vmscale differs.
 //
 // +kubebuilder:object:generate=true
 // +groupName=vm.neon.tech

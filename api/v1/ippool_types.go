@@ -5,7 +5,7 @@ import (
 )
 
 // IPPoolSpec is a range of addresses and who holds which. The shape is
-// Whereabouts' (spec/neonvm.md §3), so tools that read Whereabouts pools
+// Whereabouts' (docs/neonvm.md#network-and-ippool), so tools that read Whereabouts pools
 // read this one too.
 type IPPoolSpec struct {
 	// Range is the pool's network in CIDR notation (IPv4), e.g.

@@ -25,7 +25,7 @@ import (
 
 func main() {
 	var configPath, metricsAddr string
-	flag.StringVar(&configPath, "config", "/etc/autoscaler-agent-config/config.json", "the agent's config file (spec §4)")
+	flag.StringVar(&configPath, "config", "/etc/autoscaler-agent-config/config.json", "the agent's config file (format: docs/operations.md#the-agents-config-file)")
 	flag.StringVar(&metricsAddr, "metrics-addr", ":9100", "serve Prometheus metrics here (empty: off)")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))

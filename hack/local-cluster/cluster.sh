@@ -46,7 +46,7 @@ declare -A NODE_IP=([node-a]=10.250.0.2 [node-b]=10.250.0.3)
 declare -A POD_CIDR=([node-a]=10.244.1.0/24 [node-b]=10.244.2.0/24)
 declare -A VETH=([node-a]=vmscale-a [node-b]=vmscale-b)
 
-# The extra network (spec/neonvm.md §3): bridge + VXLAN per node, the
+# The extra network (docs/neonvm.md#network-and-ippool): bridge + VXLAN per node, the
 # NetworkAttachmentDefinition name runner pods ask for, and the host's port.
 OVERLAY_BRIDGE=neon-br0
 OVERLAY_VXLAN=neon-vxlan0

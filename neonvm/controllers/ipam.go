@@ -23,7 +23,7 @@ import (
 // +kubebuilder:rbac:groups=vm.neon.tech,resources=ippools,verbs=get;list;watch;create;update
 
 // IPAM hands out the addresses of VMs' extra network from one IPPool
-// (spec/neonvm.md §3). The pool is the only record: every change is a
+// (docs/neonvm.md#network-and-ippool). The pool is the only record: every change is a
 // read-modify-write of the pool guarded by its resourceVersion and retried
 // on conflict, so concurrent reconciles and several controller replicas
 // never hand one address out twice, and a restarted controller finds each

@@ -35,11 +35,11 @@ import (
 const ConditionMigration = "Ready"
 
 // DefaultDowntimeLimit is the longest pause QEMU may plan for the final
-// copy (DECISIONS.md: upstream sets none).
+// copy (docs/design.md#where-vmscale-differs-and-why: upstream sets none).
 const DefaultDowntimeLimit = 100 * time.Millisecond
 
 // MigrationReconciler moves a running VM to another runner pod with QEMU
-// live migration (spec/neonvm.md §5).
+// live migration (docs/neonvm.md#live-migration).
 type MigrationReconciler struct {
 	client.Client
 	// APIReader reads around the cache (see VMReconciler.APIReader).

@@ -47,7 +47,7 @@ const (
 	reasonReconciling     = "Reconciling"
 )
 
-// Requeue intervals (spec/neonvm.md §4.1; a scaling step is followed up
+// Requeue intervals (docs/neonvm.md#reconcile; a scaling step is followed up
 // sooner than NeonVM's 1 s: reading QEMU back is cheap, and the status
 // shows the change that much earlier).
 const (
@@ -57,7 +57,7 @@ const (
 )
 
 // VMReconciler runs each VirtualMachine in a runner pod and keeps the
-// guest's vCPUs and memory equal to its spec (spec/neonvm.md §4.1).
+// guest's vCPUs and memory equal to its spec (docs/neonvm.md#reconcile).
 type VMReconciler struct {
 	client.Client
 	// APIReader reads around the cache (the manager's GetAPIReader):
@@ -249,7 +249,7 @@ func (r *VMReconciler) step(ctx context.Context, vm *vmv1.VirtualMachine) (time.
 	}
 	switch st.Phase {
 	case "":
-		// The extra-network address comes first (spec/neonvm.md §4.1).
+		// The extra-network address comes first (docs/neonvm.md#reconcile).
 		if ok, err := r.extraNetBeforePod(ctx, vm); !ok || err != nil {
 			return requeueIdle, err
 		}
@@ -482,7 +482,7 @@ func podGone(ctx context.Context, reader client.Reader, ns, name string) (bool, 
 const multusPrefix = "k8s.v1.cni.cncf.io/"
 
 // syncPodMetadata makes the pod's labels and annotations exactly the VM's
-// (spec/neonvm.md §1), keeping the network's own annotations.
+// (docs/neonvm.md#labels-and-annotations), keeping the network's own annotations.
 func (r *VMReconciler) syncPodMetadata(ctx context.Context, vm *vmv1.VirtualMachine, pod *corev1.Pod) error {
 	labels := podspec.Labels(vm)
 	annotations, err := podspec.Annotations(vm)

@@ -1,5 +1,5 @@
 // Package files keeps a watched ConfigMap/Secret disk's contents in sync
-// between the runner pod and the guest (spec/neonvm.md §7). Both sides use
+// between the runner pod and the guest (docs/neonvm.md#guest-and-neonvm-daemon). Both sides use
 // the kubelet's atomic layout: the files live in a hidden folder that the
 // symlink `..data` names, and each visible name links into `..data`, so a
 // reader never sees half an update.

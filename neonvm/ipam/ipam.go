@@ -1,5 +1,5 @@
 // Package ipam decides which address of an IPPool a VM gets: a pure
-// function of the pool's range and allocations (spec/neonvm.md §3, the
+// function of the pool's range and allocations (docs/neonvm.md#network-and-ippool, the
 // Whereabouts shape: allocations keyed by the decimal offset of the address
 // from the start of the range). The controller reads and writes the pool;
 // this package never touches the API.

@@ -1,4 +1,4 @@
-// Package podspec builds a VirtualMachine's runner pod (spec/neonvm.md §4.2)
+// Package podspec builds a VirtualMachine's runner pod (docs/neonvm.md#runner-pod)
 // as a pure function of the VM and the controller's settings: metadata
 // (labels, annotations the scheduler plugin reads, owner), the init
 // container that puts the root disk in place, the neonvm-runner container
@@ -342,7 +342,7 @@ func volumes(vm *vmv1.VirtualMachine) ([]corev1.Volume, []corev1.VolumeMount) {
 // extraNetworkAttachment is the Multus network of spec.extraNetwork as
 // <nad>@<interface>; empty when the VM has no extra network or no address
 // for it yet (the runner bridges the interface to the guest only with an
-// address, spec/neonvm.md §3).
+// address, docs/neonvm.md#network-and-ippool).
 func extraNetworkAttachment(vm *vmv1.VirtualMachine, s Settings) string {
 	en := vm.Spec.ExtraNetwork
 	if en == nil || !en.Enable || vm.Status.ExtraNetIP == "" {
@@ -367,7 +367,7 @@ func ExtraNetworkInterface(vm *vmv1.VirtualMachine) string {
 	return "net1"
 }
 
-// runnerArgs is the runner's command line (§4.2).
+// runnerArgs is the runner's command line (docs/neonvm.md#runner-pod).
 func runnerArgs(vm *vmv1.VirtualMachine, s Settings) ([]string, error) {
 	spec, err := runnerapi.EncodeSpec(vm.Spec)
 	if err != nil {
@@ -385,7 +385,7 @@ func runnerArgs(vm *vmv1.VirtualMachine, s Settings) ([]string, error) {
 		mode = vmv1.CPUScalingModeQMP
 	}
 	// The guest's network is the pod's: bridge + tap, DHCP, its ports
-	// DNATed from the pod IP (spec/neonvm.md §3).
+	// DNATed from the pod IP (docs/neonvm.md#network-and-ippool).
 	args := []string{"-" + runnerapi.FlagSkipCgroupManagement, "-" + runnerapi.FlagPodNetwork}
 	if s.QEMUUser != "" {
 		args = append(args, "-"+runnerapi.FlagQEMUUser, s.QEMUUser)

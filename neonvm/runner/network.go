@@ -11,7 +11,7 @@ import (
 	"strings"
 )
 
-// PodNetwork is the guest's network inside a runner pod (spec/neonvm.md §3):
+// PodNetwork is the guest's network inside a runner pod (docs/neonvm.md#network-and-ippool):
 // a bridge and tap on a /30 link-local net (runner .253, guest .254), the
 // guest's address by DHCP, its ports DNATed from the pod interface (so
 // clients reach the guest on the pod IP, keeping their own address), and
@@ -98,7 +98,7 @@ func (n PodNetwork) Setup(ctx context.Context) error {
 }
 
 // OverlayNetwork is the guest's extra network in a runner pod
-// (spec/neonvm.md §3): the pod's Multus interface (net1) and a tap for the
+// (docs/neonvm.md#network-and-ippool): the pod's Multus interface (net1) and a tap for the
 // guest's second NIC, both ports of one bridge, so the guest sits on the
 // overlay's L2 segment itself with the address the controller allocated.
 // The pod keeps no address on the overlay: the address is the guest's.

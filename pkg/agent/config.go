@@ -20,10 +20,10 @@ import (
 	"github.com/vmscale/vmscale/pkg/api"
 )
 
-// Config is the agent's config.json (spec/protocols.md §4).
+// Config is the agent's config.json (docs/protocols.md#agent-config).
 type Config struct {
 	// RefereshStateIntervalSeconds keeps Neon's spelling; the correct one
-	// is accepted too (DECISIONS.md).
+	// is accepted too (docs/design.md#where-vmscale-differs-and-why).
 	RefereshStateIntervalSeconds *uint `json:"refereshStateIntervalSeconds,omitempty"`
 	RefreshStateIntervalSeconds  *uint `json:"refreshStateIntervalSeconds,omitempty"`
 

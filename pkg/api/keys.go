@@ -9,7 +9,7 @@ import (
 
 // The labels and annotations the autoscaler-agent, the scheduler plugin,
 // vmscale-top and the NeonVM controller exchange on VirtualMachines, their
-// runner pods and migrations. Each key string is written once: the
+// runner pods and migrations (docs/protocols.md#annotations-and-labels). Each key string is written once: the
 // keys that belong to the NeonVM API itself stay in api/v1 (which cannot
 // import this package) and are named here from there.
 const (

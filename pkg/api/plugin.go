@@ -67,7 +67,7 @@ type Metrics struct {
 }
 
 // Validate checks what the plugin needs of a request, returning an error
-// whose text is the reply to the agent (spec/protocols.md §1).
+// whose text is the reply to the agent (docs/protocols.md#permit-protocol).
 func (r *AgentRequest) Validate() error {
 	if r.ProtoVersion != CurrentPluginProto {
 		return fmt.Errorf("protocol version mismatch: need %s but got %s", CurrentPluginProto, r.ProtoVersion)

@@ -29,7 +29,7 @@ type ScalingConfig struct {
 func ptr[T any](v T) *T { return &v }
 
 // DefaultScalingConfig is the protocol's default, the shipped agent
-// config's scaling.defaultConfig.
+// config's scaling.defaultConfig (docs/protocols.md#agent-config).
 func DefaultScalingConfig() ScalingConfig {
 	return ScalingConfig{
 		LoadAverageFractionTarget:        ptr(0.9),

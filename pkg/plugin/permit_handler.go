@@ -19,7 +19,7 @@ var _ permit.Backend = (*Enforcer)(nil)
 // PermitWait is how long an agent's request waits for its approval.
 const PermitWait = time.Second
 
-// Permit answers an agent (spec/protocols.md §1, the annotation flow):
+// Permit answers an agent (docs/protocols.md#permit-protocol, the flow):
 // record the request on the VM, answer a request within the last permit at
 // once, and otherwise wait up to a second for the approval the workers
 // decide and write. If the VM changed under the write (the plugin's view

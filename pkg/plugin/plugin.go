@@ -2,7 +2,7 @@
 // VM runner pods only where their reservations fit, answers the
 // autoscaler-agents' permit requests on :10299 by writing approvals on the
 // VirtualMachines, and migrates VMs off nodes past their watermark
-// (spec/protocols.md §1 and §5). The accounting itself is in state, the
+// (docs/protocols.md#permit-protocol and #scheduler-plugin). The accounting itself is in state, the
 // wire handling in permit, the object reading in vmpod.
 //
 // Here, an agent's request runs permit_handler.go (record it, decide at

@@ -1,5 +1,5 @@
 // Package billing turns the CPU the VMs on a node have into billing
-// events (spec/protocols.md §4, "billing"): every collect period it
+// events (docs/protocols.md#billing-events): every collect period it
 // samples each billable VM's vCPUs, charging each slice of time at the
 // smaller of the old and new amount; every accumulate period it emits,
 // per endpoint, the CPU-seconds and active seconds as incremental events,

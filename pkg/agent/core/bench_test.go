@@ -7,9 +7,9 @@ import (
 	"github.com/vmscale/vmscale/pkg/api"
 )
 
-// The decision cost for one VM at a fixed clock (issue 10's benchmark):
-// Neon's equivalent measures 1.7 µs / 472 B steady, 2.2 µs upscale and
-// 3.4 µs / 1 KiB with LFC metrics on these machines.
+// The decision cost for one VM at a fixed clock (issue 10's benchmark;
+// figures in docs/benchmarks.md#autoscaler-agent). Comparing with Neon's
+// agent needs its core measured in the same run, which no benchmark here does.
 func benchState(b *testing.B, lfc bool) *State {
 	m := newMachine(&testing.T{})
 	if lfc {

@@ -1,5 +1,5 @@
 // Package core is the autoscaler-agent's decision logic for one VM
-// (spec/protocols.md §3): a pure state machine. The caller feeds it what it
+// (docs/protocols.md#agent-decisions): a pure state machine. The caller feeds it what it
 // observed (the VM object, metrics, replies from the plugin, the monitor and
 // the apiserver) and asks NextActions(now) what to do next and when to ask
 // again. Nothing here blocks, starts goroutines, reads a clock or does I/O.
@@ -28,7 +28,7 @@ type Config struct {
 	// the VM at least one unit above the denied target.
 	MonitorDeniedDownscaleCooldown time.Duration
 	// MonitorDeniedDownscaleMaxCooldown caps the cooldown, which doubles for
-	// every repeated denial of the same target (DECISIONS.md).
+	// every repeated denial of the same target (docs/design.md#where-vmscale-differs-and-why).
 	MonitorDeniedDownscaleMaxCooldown time.Duration
 	// MonitorRequestedUpscaleValid is how long a monitor's upscale request
 	// raises the goal.
@@ -40,7 +40,7 @@ type Config struct {
 	NeonVMRetryWait time.Duration
 }
 
-// DefaultConfig is the spec's defaults with the given compute unit.
+// DefaultConfig is Neon's defaults with the given compute unit.
 func DefaultConfig(cu api.Resources) Config {
 	return Config{
 		ComputeUnit:                       cu,

@@ -1,5 +1,5 @@
 // Package monitorclient is the agent's end of the vm-monitor websocket
-// (spec/protocols.md §2): ws://<vm>:10301/monitor, the {"min":1,"max":1}
+// (docs/protocols.md#monitor-protocol): ws://<vm>:10301/monitor, the {"min":1,"max":1}
 // handshake, requests with even ids answered by id, the monitor's
 // unsolicited upscale requests, health checks every 5 s, and reconnection.
 package monitorclient

@@ -11,7 +11,7 @@ import (
 	"github.com/vmscale/vmscale/pkg/agent/wakegrid"
 )
 
-// Config times the connection (spec/protocols.md §4, "monitor").
+// Config times the connection (docs/protocols.md#agent-config, "monitor").
 type Config struct {
 	ConnectTimeout time.Duration // 4 s
 	RetryMinWait   time.Duration // 5 s between connection attempts
@@ -23,7 +23,7 @@ type Config struct {
 	Grid time.Duration
 }
 
-// DefaultConfig is the spec's timing.
+// DefaultConfig is Neon's timing (docs/protocols.md#agent-config).
 func DefaultConfig() Config {
 	return Config{ConnectTimeout: 4 * time.Second, RetryMinWait: 5 * time.Second, HealthCheckEvery: 5 * time.Second,
 		MaxHealthCheckFails: 30 * time.Second}

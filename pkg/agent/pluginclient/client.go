@@ -1,5 +1,5 @@
 // Package pluginclient is the agent's side of the scheduler plugin's permit
-// API (spec/protocols.md §1, protocol v5.0): it finds the scheduler as a
+// API (docs/protocols.md#permit-protocol, v5.0): it finds the scheduler as a
 // Ready pod in kube-system labelled name=<schedulerName> and POSTs
 // AgentRequests to it on :10299.
 package pluginclient

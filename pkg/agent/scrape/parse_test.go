@@ -93,7 +93,7 @@ lfc_hits 100
 `
 
 // TestLFCServedFixture reads a served fixture of the file-cache exporter's
-// page (stock Postgres has no such exporter; DECISIONS.md).
+// page (stock Postgres has no such exporter; docs/design.md#where-vmscale-differs-and-why).
 func TestLFCServedFixture(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(goodLFC)) }))
 	defer srv.Close()

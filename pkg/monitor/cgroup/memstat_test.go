@@ -161,7 +161,7 @@ func TestOpenRefuses(t *testing.T) {
 	if _, err := Open(fakeCgroupFS(t, "a", "memory"), "../a"); err == nil {
 		t.Error("opened a group outside the mount")
 	}
-	// The host's own /sys/fs/cgroup is cgroup v1 here (ENVIRONMENT.md): it
+	// The host's own /sys/fs/cgroup is cgroup v1 here (docs/development.md#the-test-machines): it
 	// must be refused, not read as if it were v2.
 	if _, err := os.Stat("/sys/fs/cgroup/memory"); err == nil {
 		if _, err := Open(DefaultMountpoint, "neon-postgres"); err == nil || !strings.Contains(err.Error(), "v2") {

@@ -7,7 +7,7 @@ import (
 
 const GiB = 1 << 30
 
-// The spec's worked examples (§6).
+// The worked examples in docs/protocols.md#vm-monitor.
 func TestSizeWorkedExamples(t *testing.T) {
 	c := DefaultConfig()
 	if err := c.Validate(); err != nil {

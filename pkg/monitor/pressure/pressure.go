@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// The numbers of Neon's monitor (spec §6).
+// The numbers of Neon's monitor (docs/protocols.md#vm-monitor).
 const (
 	// SampleInterval is how often memory.stat is read.
 	SampleInterval = 100 * time.Millisecond

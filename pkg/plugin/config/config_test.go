@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// The example from spec/protocols.md §5, byte for byte.
+// The example config in docs/protocols.md#scheduler-plugin, byte for byte.
 const neonExample = `{"watermark":0.9,"scoring":{"minUsageScore":0.5,"maxUsageScore":0,"scorePeak":0.8,"randomize":true},
  "schedulerName":"autoscale-scheduler","reconcileWorkers":16,"logSuccessiveFailuresThreshold":10,
  "startupEventHandlingTimeoutSeconds":15,"patchRetryWaitSeconds":1,"k8sCRUDTimeoutSeconds":1,

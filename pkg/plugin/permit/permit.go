@@ -1,4 +1,4 @@
-// Package permit serves the agents' permit API (spec/protocols.md §1): HTTP
+// Package permit serves the agents' permit API (docs/protocols.md#permit-protocol): HTTP
 // POSTs of at most 1 KiB holding an AgentRequest, answered with a
 // PluginResponse (200, application/json) or a text/plain error whose status
 // says who is at fault. What to permit is the Backend's business.
