@@ -181,7 +181,7 @@ func guestQueryCtx(ctx context.Context, ip, sql string) (string, error) {
 func guestMemTotalKiB(ip string) (int, error) {
 	out, err := guestQuery(ip, "select pg_read_file('/proc/meminfo')")
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("psql: %w: %s", err, out)
 	}
 	for _, line := range strings.Split(out, "\n") {
 		if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
@@ -233,10 +233,14 @@ spec:
 	if st.Node == "" || st.PodIP == "" || st.RestartCount != 0 {
 		t.Errorf("status %+v", st)
 	}
-	base, err := guestMemTotalKiB(st.PodIP)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Running means the runner pod is ready (QEMU runs, neonvm-daemon
+	// answers); Postgres in the guest may start a moment later.
+	var base int
+	poll(t, 2*time.Minute, "Postgres answering in the new VM", func() error {
+		var err error
+		base, err = guestMemTotalKiB(st.PodIP)
+		return err
+	})
 
 	// Scale up both, with a target revision.
 	start := time.Now()
@@ -322,9 +326,12 @@ spec:
 		}
 		return nil
 	})
-	if _, err := guestQuery(st.PodIP, "select 1"); err != nil {
-		t.Errorf("Postgres in the restarted VM: %v", err)
-	}
+	poll(t, 2*time.Minute, "Postgres answering in the restarted VM", func() error {
+		if out, err := guestQuery(st.PodIP, "select 1"); err != nil {
+			return fmt.Errorf("psql: %w: %s", err, out)
+		}
+		return nil
+	})
 	metrics, err := httpGet("http://" + ctl.metrics + "/metrics")
 	if err != nil || !strings.Contains(metrics, `vmscale_neonvm_vms{phase="Running"} 1`) || !strings.Contains(metrics, `vmscale_neonvm_qmp_call_duration_seconds_count{command="device_add/del"}`) || !strings.Contains(metrics, "vmscale_neonvm_qmp_call_duration_seconds") {
 		t.Errorf("controller metrics (%v):\n%s", err, grepLines(metrics, "vmscale_neonvm"))
