@@ -56,29 +56,17 @@ func newMigrationFixture(t *testing.T, m *vmv1.VirtualMachineMigration, objs ...
 
 func (f *migrationFixture) reconcile() ctrl.Result {
 	f.t.Helper()
-	res, err := f.r.Reconcile(context.Background(), ctrl.Request{NamespacedName: f.key})
-	if err != nil {
-		f.t.Fatalf("reconcile: %v", err)
-	}
-	return res
+	return mustReconcile(f.t, f.r, f.key)
 }
 
 func (f *migrationFixture) migration() *vmv1.VirtualMachineMigration {
 	f.t.Helper()
-	var m vmv1.VirtualMachineMigration
-	if err := f.c.Get(context.Background(), f.key, &m); err != nil {
-		f.t.Fatalf("get the migration: %v", err)
-	}
-	return &m
+	return mustGet(f.t, f.c, f.key, &vmv1.VirtualMachineMigration{})
 }
 
 func (f *migrationFixture) vm() *vmv1.VirtualMachine {
 	f.t.Helper()
-	var vm vmv1.VirtualMachine
-	if err := f.c.Get(context.Background(), f.vmKey, &vm); err != nil {
-		f.t.Fatalf("get the VM: %v", err)
-	}
-	return &vm
+	return mustGet(f.t, f.c, f.vmKey, &vmv1.VirtualMachine{})
 }
 
 func (f *migrationFixture) pod(name string) (*corev1.Pod, bool) {

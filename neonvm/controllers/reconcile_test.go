@@ -21,6 +21,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/podspec"
@@ -187,31 +188,38 @@ func newVMFixture(t *testing.T, vm *vmv1.VirtualMachine, guest *fakeGuest, objs 
 	}
 }
 
-func (f *vmFixture) reconcile() ctrl.Result {
-	f.t.Helper()
-	res, err := f.r.Reconcile(context.Background(), ctrl.Request{NamespacedName: f.key})
+// mustReconcile runs one reconcile of key, failing the test on an error.
+func mustReconcile(t *testing.T, r reconcile.Reconciler, key types.NamespacedName) ctrl.Result {
+	t.Helper()
+	res, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: key})
 	if err != nil {
-		f.t.Fatalf("reconcile: %v", err)
+		t.Fatalf("reconcile: %v", err)
 	}
 	return res
 }
 
+// mustGet reads key into obj, failing the test when it cannot.
+func mustGet[T client.Object](t *testing.T, c client.Client, key types.NamespacedName, obj T) T {
+	t.Helper()
+	if err := c.Get(context.Background(), key, obj); err != nil {
+		t.Fatalf("get %T %s: %v", obj, key, err)
+	}
+	return obj
+}
+
+func (f *vmFixture) reconcile() ctrl.Result {
+	f.t.Helper()
+	return mustReconcile(f.t, f.r, f.key)
+}
+
 func (f *vmFixture) vm() *vmv1.VirtualMachine {
 	f.t.Helper()
-	var vm vmv1.VirtualMachine
-	if err := f.c.Get(context.Background(), f.key, &vm); err != nil {
-		f.t.Fatalf("get the VM: %v", err)
-	}
-	return &vm
+	return mustGet(f.t, f.c, f.key, &vmv1.VirtualMachine{})
 }
 
 func (f *vmFixture) pod(name string) *corev1.Pod {
 	f.t.Helper()
-	var pod corev1.Pod
-	if err := f.c.Get(context.Background(), types.NamespacedName{Namespace: f.key.Namespace, Name: name}, &pod); err != nil {
-		f.t.Fatalf("get pod %s: %v", name, err)
-	}
-	return &pod
+	return mustGet(f.t, f.c, types.NamespacedName{Namespace: f.key.Namespace, Name: name}, &corev1.Pod{})
 }
 
 // runPod schedules pod on node and makes its runner Ready, as the
