@@ -94,7 +94,6 @@ func mulDiv(v, m, d uint64) (bool, uint64) {
 type amounts struct{ cpu, mem uint64 }
 
 func (a amounts) add(b amounts) amounts { return amounts{a.cpu + b.cpu, a.mem + b.mem} }
-func (a amounts) sub(b amounts) amounts { return amounts{sat(a.cpu, b.cpu), sat(a.mem, b.mem)} }
 
 func sat(a, b uint64) uint64 {
 	if a < b {
@@ -310,12 +309,6 @@ func (s *State) update(key PodKey, f func(*Pod)) (Pod, bool) {
 // SetMigrating marks a pod as being migrated away (or no longer).
 func (s *State) SetMigrating(key PodKey, migrating bool) {
 	s.update(key, func(p *Pod) { p.Migrating = migrating })
-}
-
-// OnNode is what a pod counts for on its node after overcommit.
-func OnNode(p Pod) api.Resources {
-	c := p.onNode()
-	return api.Resources{VCPU: vmv1.MilliCPU(min(c.cpu, math.MaxUint32)), Mem: api.Bytes(c.mem)}
 }
 
 // Grant applies the grant rule to a pod's request and returns the pod's new
