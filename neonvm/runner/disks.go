@@ -24,8 +24,48 @@ type Dirs struct {
 	Mounts string
 	// BaseRootDisk is the root disk image. In a pod the init container
 	// has put it at Images/rootdisk.qcow2; a local runner is given a
-	// shared base and works on a copy-on-write overlay of it.
+	// shared base. Either way the guest writes to a copy-on-write overlay
+	// of it (rootOverlay).
 	BaseRootDisk string
+}
+
+// RootDiskBaseName is the root disk image the init container delivered,
+// once the runner has moved it under the guest's overlay.
+const RootDiskBaseName = "rootdisk-base.qcow2"
+
+// rootOverlay returns Images/rootdisk.qcow2, a qcow2 overlay on the root
+// disk image that the guest writes to, and never writes the image itself.
+//
+// Live migration depends on it: the target has the same image, so QEMU's
+// incremental block migration copies only the overlay's clusters. Writing
+// into the image instead corrupts the guest's disk on the target under
+// QEMU 7.2 whenever the image has compressed clusters (as vm-builder's and
+// Neon's images do): tests/guest TestLiveMigrationKeepsTheGuest, and
+// docs/operations.md.
+//
+// In a pod the init container leaves the image at Images/rootdisk.qcow2:
+// the first start moves it to Images/rootdisk-base.qcow2; a restarted
+// runner container (same pod, same disks) keeps the overlay it finds, so
+// the guest's disk survives as it would a reboot.
+func rootOverlay(ctx context.Context, d Dirs) (string, error) {
+	root := filepath.Join(d.Images, "rootdisk.qcow2")
+	base := abs(d.BaseRootDisk)
+	if base == abs(root) {
+		base = filepath.Join(d.Images, RootDiskBaseName)
+		if _, err := os.Stat(base); err == nil {
+			if _, err := os.Stat(root); err == nil {
+				return root, nil
+			}
+		} else if err := os.Rename(root, base); err != nil {
+			return "", fmt.Errorf("root disk: move the image under an overlay: %w", err)
+		}
+	} else {
+		_ = os.Remove(root)
+	}
+	if err := run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, root); err != nil {
+		return "", fmt.Errorf("root disk overlay on %s: %w", base, err)
+	}
+	return root, nil
 }
 
 const bb = "/neonvm/bin/busybox"
@@ -36,12 +76,9 @@ func PrepareDisks(ctx context.Context, spec *vmv1.VirtualMachineSpec, d Dirs) (s
 	if err := os.MkdirAll(d.Images, 0o755); err != nil {
 		return "", nil, fmt.Errorf("images directory: %w", err)
 	}
-	root := filepath.Join(d.Images, "rootdisk.qcow2")
-	if abs(d.BaseRootDisk) != abs(root) {
-		_ = os.Remove(root)
-		if err := run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", abs(d.BaseRootDisk), root); err != nil {
-			return "", nil, fmt.Errorf("root disk overlay on %s: %w", d.BaseRootDisk, err)
-		}
+	root, err := rootOverlay(ctx, d)
+	if err != nil {
+		return "", nil, err
 	}
 	if want := spec.Guest.RootDisk.Size.Value(); want > 0 {
 		have, err := virtualSize(ctx, root)

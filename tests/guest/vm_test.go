@@ -68,6 +68,13 @@ type VM struct {
 // bootVM starts the test guest with cpus and 256 MiB memory slots.
 func bootVM(t testing.TB, cpus vmv1.CPUs, slots vmv1.MemorySlots) *VM {
 	t.Helper()
+	return bootVMWith(t, cpus, slots, "")
+}
+
+// bootVMWith starts the test guest; with incoming set ("tcp:127.0.0.1:N")
+// QEMU waits for a live migration there instead of booting.
+func bootVMWith(t testing.TB, cpus vmv1.CPUs, slots vmv1.MemorySlots, incoming string) *VM {
+	t.Helper()
 	img := guestImage(t)
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "rootdisk.qcow2")
@@ -92,6 +99,7 @@ func bootVM(t testing.TB, cpus vmv1.CPUs, slots vmv1.MemorySlots) *VM {
 			{HostAddr: "127.0.0.1", HostPort: vm.PGPort, GuestPort: 5432},
 			{HostAddr: "127.0.0.1", HostPort: vm.Metrics, GuestPort: 9100},
 		}},
+		Incoming: incoming,
 	})
 	if err != nil {
 		t.Fatal(err)
