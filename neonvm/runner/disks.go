@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -130,6 +131,32 @@ func PrepareDisks(ctx context.Context, spec *vmv1.VirtualMachineSpec, d Dirs) (s
 		}
 	}
 	return root, disks, nil
+}
+
+// chownDisks gives the root disk (the overlay and the image under it) and
+// every writable disk to the user QEMU runs as.
+func chownDisks(qemuUser, root string, disks []qemu.Disk) error {
+	u, err := user.Lookup(qemuUser)
+	if err != nil {
+		return fmt.Errorf("QEMU's user: %w", err)
+	}
+	uid, err1 := strconv.Atoi(u.Uid)
+	gid, err2 := strconv.Atoi(u.Gid)
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("QEMU's user %s has uid %q gid %q: not numbers", qemuUser, u.Uid, u.Gid)
+	}
+	paths := []string{root, filepath.Join(filepath.Dir(root), RootDiskBaseName)}
+	for _, d := range disks {
+		if !d.CDROM {
+			paths = append(paths, d.Path)
+		}
+	}
+	for _, p := range paths {
+		if err := os.Chown(p, uid, gid); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("give %s to QEMU's user %s: %w", p, qemuUser, err)
+		}
+	}
+	return nil
 }
 
 func emptyDisk(ctx context.Context, dir string, disk vmv1.Disk) (string, error) {

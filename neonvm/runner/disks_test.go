@@ -5,8 +5,13 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
+	"syscall"
 	"testing"
+
+	"github.com/vmscale/vmscale/neonvm/qemu"
 )
 
 // backingFile is qemu-img's view of path's backing file ("" for none).
@@ -92,5 +97,38 @@ func TestRootOverlayOnASharedImage(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(images, RootDiskBaseName)); err == nil {
 		t.Fatal("a shared image was moved")
+	}
+}
+
+// QEMU reopens writable disks after dropping to its user: they are its.
+func TestChownDisksGivesWritableDisksToQEMU(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give files away")
+	}
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skipf("no user nobody here: %v", err)
+	}
+	dir := t.TempDir()
+	for _, name := range []string{"rootdisk.qcow2", RootDiskBaseName, "data.qcow2", "runtime.iso"} {
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	disks := []qemu.Disk{{ID: "data", Path: filepath.Join(dir, "data.qcow2")}, {ID: "runtime", Path: filepath.Join(dir, "runtime.iso"), CDROM: true}}
+	if err := chownDisks("nobody", filepath.Join(dir, "rootdisk.qcow2"), disks); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"rootdisk.qcow2": u.Uid, RootDiskBaseName: u.Uid, "data.qcow2": u.Uid, "runtime.iso": "0"} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strconv.Itoa(int(fi.Sys().(*syscall.Stat_t).Uid)); got != want {
+			t.Errorf("%s owned by uid %s, want %s", name, got, want)
+		}
+	}
+	if err := chownDisks("no-such-user-here", filepath.Join(dir, "rootdisk.qcow2"), nil); err == nil {
+		t.Error("an unknown user, no error")
 	}
 }

@@ -140,6 +140,13 @@ func prepareDisks(ctx context.Context, cfg Config, log *slog.Logger) (string, []
 	if err != nil {
 		return "", nil, err
 	}
+	if cfg.QEMUUser != "" {
+		// QEMU reopens the writable disks after it has dropped to its
+		// user: at the end of an incoming migration, and on a resize.
+		if err := chownDisks(cfg.QEMUUser, root, disks); err != nil {
+			return "", nil, err
+		}
+	}
 	log.Info("disks prepared", "disks", len(disks)+1, "took", time.Since(prep).Round(time.Millisecond))
 	return root, disks, nil
 }
