@@ -29,7 +29,14 @@ with_progress() {
 		for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
 		kill -0 "$pid" 2>/dev/null && log "$what: still working ($((SECONDS - start))s)"
 	done
-	wait "$pid"
+	# Not `wait; log`: called in a condition (if ! with_progress ...) errexit
+	# is off, and the log line's status would hide the command's.
+	local rc=0
+	wait "$pid" || rc=$?
+	if [ "$rc" -ne 0 ]; then
+		log "$what: failed (exit $rc) after $((SECONDS - start))s"
+		return "$rc"
+	fi
 	log "$what: done in $((SECONDS - start))s"
 }
 
