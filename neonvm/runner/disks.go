@@ -40,9 +40,9 @@ const RootDiskBaseName = "rootdisk-base.qcow2"
 // Live migration depends on it: the target has the same image, so QEMU's
 // incremental block migration copies only the overlay's clusters. Writing
 // into the image instead corrupts the guest's disk on the target under
-// QEMU 7.2 whenever the image has compressed clusters (as vm-builder's and
-// Neon's images do): tests/guest TestLiveMigrationKeepsTheGuest, and
-// docs/operations.md.
+// QEMU 7.2 whenever the image has compressed clusters (vm-builder's are,
+// for one): tests/guest TestLiveMigrationKeepsTheGuest, and
+// docs/neonvm.md (Live migration).
 //
 // In a pod the init container leaves the image at Images/rootdisk.qcow2:
 // the first start moves it to Images/rootdisk-base.qcow2; a restarted
