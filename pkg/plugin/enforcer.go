@@ -1,11 +1,12 @@
 package plugin
 
 import (
+	"log/slog"
 	"sync"
+	"time"
 
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
-	"log/slog"
 
 	"github.com/vmscale/vmscale/pkg/api"
 	"github.com/vmscale/vmscale/pkg/plugin/config"
@@ -31,9 +32,16 @@ func (k vmKey) String() string { return k.Namespace + "/" + k.Name }
 // vmEntry is everything known of one VirtualMachine: the object (nil until
 // seen), its runner pods, and the approval being written.
 type vmEntry struct {
-	vm   *vmpod.VM
-	rv   uint64
-	pods map[state.PodKey]struct{}
+	vm *vmpod.VM
+	// ownRV is the resourceVersion of the plugin's own last write while
+	// the watch has not delivered it yet (until ownRVUntil): watch events
+	// before it are older than the copy the plugin holds. seenRVs are the
+	// resourceVersions the watch delivered lately. Versions are opaque:
+	// only compared for equality.
+	ownRV      string
+	ownRVUntil time.Time
+	seenRVs    []string
+	pods       map[state.PodKey]struct{}
 	// inflight is an approval being written; the pods hold it meanwhile.
 	inflight *api.Resources
 	// decidedFor is the request the latest approval was decided for, so

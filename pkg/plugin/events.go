@@ -3,7 +3,7 @@ package plugin
 import (
 	"context"
 	"fmt"
-	"strconv"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -179,17 +179,55 @@ func (e *Enforcer) OnVM(obj *vmv1.VirtualMachine) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	k := vmKey{vm.Namespace, vm.Name}
+	v := e.entry(k)
+	if rv := vm.ResourceVersion; rv != "" {
+		v.seenRVs = append(v.seenRVs, rv)
+		if len(v.seenRVs) > seenRVsKept {
+			v.seenRVs = v.seenRVs[1:]
+		}
+		switch {
+		case v.ownRV == "" || rv == v.ownRV:
+			v.ownRV = ""
+		case e.clock.Now().Before(v.ownRVUntil):
+			// The watch has not caught up with the plugin's own write.
+			return
+		default:
+			// The watch never delivered that version (it relisted):
+			// it is the newer one by now.
+			v.ownRV = ""
+		}
+	}
+	e.setVMLocked(vm)
+}
+
+// seenRVsKept is how many of a VM's latest resourceVersions from the watch
+// the plugin remembers, to recognise a write of its own that the watch has
+// already delivered (and perhaps gone past).
+const seenRVsKept = 8
+
+// ownWriteWait is how long watch events are taken as older than the
+// plugin's own write while the watch has not delivered it.
+const ownWriteWait = 30 * time.Second
+
+// setOwnVMLocked records the VM as the plugin's own write returned it,
+// unless the watch has delivered that version already (the watch's copy
+// is then the same or newer).
+func (e *Enforcer) setOwnVMLocked(vm *vmpod.VM) {
+	v := e.entry(vmKey{vm.Namespace, vm.Name})
+	if rv := vm.ResourceVersion; rv != "" {
+		if slices.Contains(v.seenRVs, rv) {
+			return
+		}
+		v.ownRV, v.ownRVUntil = rv, e.clock.Now().Add(ownWriteWait)
+	}
 	e.setVMLocked(vm)
 }
 
 func (e *Enforcer) setVMLocked(vm *vmpod.VM) {
 	k := vmKey{vm.Namespace, vm.Name}
 	v := e.entry(k)
-	rv, _ := strconv.ParseUint(vm.ResourceVersion, 10, 64)
-	if v.vm != nil && rv != 0 && rv < v.rv {
-		return
-	}
-	v.vm, v.rv = vm, rv
+	v.vm = vm
 	if v.decidedFor != nil && (vm.Requested == nil || *vm.Requested != *v.decidedFor) {
 		v.decidedFor = nil
 	}

@@ -42,7 +42,7 @@ func (e *Enforcer) writeBack(ctx context.Context, vk vmKey, ops []vmpod.Op, requ
 	if verr != nil {
 		e.log.Error("patched VM has unreadable annotations", "err", verr, "vm", vk.String())
 	}
-	e.setVMLocked(vm)
+	e.setOwnVMLocked(vm)
 	if decided && vm.Requested != nil && *vm.Requested == requested {
 		v.decidedFor = &requested
 		v.notify()
