@@ -24,12 +24,12 @@ import (
 
 // options are neonvm-runner's flags.
 type options struct {
-	vmspec, vmstatus, cpuMode, ratio, diskCache, appendCmdline    string
-	kernel, initrd, imagesDir, mountsDir, rootDisk, runDir        string
-	accel, qmpHost, httpAddr, forwards, tap, qemuPath, daemonAddr string
-	qemuUser                                                      string
-	diskSync                                                      time.Duration
-	useVirtioConsole, skipCgroup, podNetwork                      bool
+	vmspec, vmstatus, cpuMode, ratio, diskCache, appendCmdline                    string
+	kernel, initrd, imagesDir, mountsDir, rootDisk, runDir                        string
+	accel, qmpHost, httpAddr, forwards, tap, qemuPath, daemonAddr, terminationLog string
+	qemuUser                                                                      string
+	diskSync                                                                      time.Duration
+	useVirtioConsole, skipCgroup, podNetwork                                      bool
 }
 
 // register defines the flags on fs. The ones the controller passes in a
@@ -59,6 +59,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.qemuPath, "qemu", "", "QEMU binary (default by architecture)")
 	fs.DurationVar(&o.diskSync, runnerapi.FlagDiskSyncInterval, runner.DefaultDiskSyncInterval, "how often watched configMap/secret disks are re-synced into the guest")
 	fs.StringVar(&o.qemuUser, runnerapi.FlagQEMUUser, "", "user QEMU drops to after start-up (the runner image has qemu); empty: the runner's")
+	fs.StringVar(&o.terminationLog, "termination-log", runner.DefaultTerminationLog, "where the report on QEMU's end goes for the kubelet, if the file exists (the container's terminationMessagePath)")
 	fs.StringVar(&o.daemonAddr, "daemon-addr", "169.254.254.254:25183", "neonvm-daemon in the guest, as the runner reaches it (SysfsScaling)")
 }
 
@@ -70,7 +71,7 @@ func (o *options) config(getenv func(string) string, log *slog.Logger) runner.Co
 		QEMUPath: o.qemuPath, QEMUUser: o.qemuUser, DiskSyncInterval: o.diskSync, Kernel: o.kernel, Initrd: o.initrd, Accel: o.accel, QMPHost: o.qmpHost,
 		RunDir: o.runDir, CPUScalingMode: vmv1.CPUScalingMode(o.cpuMode), MemhpAutoMovableRatio: o.ratio,
 		UseVirtioConsole: o.useVirtioConsole, DiskCache: o.diskCache, AppendKernelCmdline: o.appendCmdline,
-		TapName: o.tap, PodNetwork: o.podNetwork, DaemonAddr: o.daemonAddr, ReceiveMigration: getenv(runnerapi.EnvReceiveMigration) == "true",
+		TapName: o.tap, PodNetwork: o.podNetwork, DaemonAddr: o.daemonAddr, TerminationLog: o.terminationLog, ReceiveMigration: getenv(runnerapi.EnvReceiveMigration) == "true",
 		PodName: getenv(runnerapi.EnvPodName), Log: log,
 		Dirs: runner.Dirs{Images: o.imagesDir, Mounts: o.mountsDir, BaseRootDisk: o.rootDisk},
 	}

@@ -209,7 +209,7 @@ func (r *MigrationReconciler) pending(ctx context.Context, m *vmv1.VirtualMachin
 	}
 	switch runnerStatus(target, r.now()) {
 	case runnerSucceeded, runnerFailed:
-		r.failAndRestore(ctx, m, vm, "TargetPodFailed", fmt.Sprintf("target pod %s ended (%s) before the migration started", target.Name, target.Status.Phase))
+		r.failAndRestore(ctx, m, vm, "TargetPodFailed", fmt.Sprintf("target pod %s ended (%s) before the migration started: %s", target.Name, target.Status.Phase, runnerExitSummary(target)))
 		return 0, nil
 	case runnerPending:
 		return time.Second, nil
@@ -292,7 +292,11 @@ func (r *MigrationReconciler) running(ctx context.Context, m *vmv1.VirtualMachin
 	}
 	if target == nil || runnerStatus(target, r.now()) == runnerFailed || runnerStatus(target, r.now()) == runnerSucceeded {
 		_ = r.qmp(ctx, vm, st.SourcePodIP, func(c *timedQMP) error { return c.c.MigrateCancel(ctx) })
-		r.failAndRestore(ctx, m, vm, "TargetPodFailed", fmt.Sprintf("target pod %s died during the migration; cancelled, the VM stays on %s", st.TargetPodName, st.SourcePodName))
+		why := "it is gone"
+		if target != nil {
+			why = runnerExitSummary(target)
+		}
+		r.failAndRestore(ctx, m, vm, "TargetPodFailed", fmt.Sprintf("target pod %s died during the migration (%s); cancelled, the VM stays on %s", st.TargetPodName, why, st.SourcePodName))
 		return 0, nil
 	}
 	var info qmp.MigrationInfo

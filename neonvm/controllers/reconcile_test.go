@@ -591,6 +591,68 @@ func TestVMReconcilerRunnerPodEnded(t *testing.T) {
 	}
 }
 
+// The runner's report on QEMU's end (its termination message) is told in
+// an event and in the Available condition, and survives the pod's deletion
+// into the restart's event.
+func TestVMReconcilerTellsWhyTheGuestStopped(t *testing.T) {
+	vm, pod := runningVM("reset")
+	vm.Spec.RestartPolicy = vmv1.RestartPolicyAlways
+	pod.Status.Phase = corev1.PodSucceeded
+	report := "QEMU exited with status 0: the guest reset itself: a reboot, a kernel panic (panic=-1) or a triple fault; -no-reboot turns it into an exit (SHUTDOWN reason guest-reset)\nlast QMP events: 10:00:00.000 RESET {\"guest\":true,\"reason\":\"guest-reset\"}\nlast output:\nKernel panic - not syncing: oops"
+	pod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: podspec.RunnerContainer,
+		State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 0, Reason: "Completed", Message: report}}}}
+	f := newVMFixture(t, vm, matching(vm), pod)
+
+	f.reconcile()
+	got := f.vm()
+	assertCondition(t, got.Status.Conditions, ConditionAvailable, metav1.ConditionFalse, "the guest stopped: QEMU exited with status 0: the guest reset itself")
+	var notes []string
+	for len(f.events.Events) > 0 {
+		notes = append(notes, <-f.events.Events)
+	}
+	found := false
+	for _, n := range notes {
+		if strings.HasPrefix(n, "Warning GuestStopped") && strings.Contains(n, "Kernel panic - not syncing") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("events %q: want a GuestStopped warning with the whole report", notes)
+	}
+
+	f.reconcile() // stopped: the pod is deleted, the VM restarts
+	got = f.vm()
+	if got.Status.Phase != vmv1.VmPending || got.Status.RestartCount != 1 {
+		t.Fatalf("phase %q restarts %d, want Pending after 1 restart", got.Status.Phase, got.Status.RestartCount)
+	}
+	assertCondition(t, got.Status.Conditions, ConditionAvailable, metav1.ConditionFalse, "guest-reset")
+	restart := ""
+	for len(f.events.Events) > 0 {
+		if e := <-f.events.Events; strings.Contains(e, "Restarting") {
+			restart = e
+		}
+	}
+	if !strings.Contains(restart, "the guest stopped: QEMU exited with status 0") {
+		t.Errorf("restart event %q: want the reason", restart)
+	}
+}
+
+// Without a report (the runner died before writing one), the kubelet's
+// reason and exit code stand in.
+func TestRunnerExitWithoutAReport(t *testing.T) {
+	pod := &corev1.Pod{}
+	pod.Name = "p"
+	pod.Status.Phase = corev1.PodFailed
+	if got := runnerExitSummary(pod); !strings.Contains(got, "no report") {
+		t.Errorf("no container status: %q", got)
+	}
+	pod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: podspec.RunnerContainer,
+		LastTerminationState: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 137, Reason: "OOMKilled"}}}}
+	if got := runnerExitSummary(pod); got != "the runner container ended: OOMKilled, exit code 137" {
+		t.Errorf("summary %q", got)
+	}
+}
+
 func TestVMReconcilerPodFailingBeforeTheGuestRan(t *testing.T) {
 	vm := newTestVM("early")
 	vm.Finalizers = []string{vmv1.VirtualMachineFinalizer}

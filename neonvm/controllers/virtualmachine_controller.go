@@ -316,12 +316,38 @@ func (r *VMReconciler) pending(ctx context.Context, vm *vmv1.VirtualMachine) (ti
 		return time.Millisecond, nil
 	case runnerSucceeded:
 		st.Phase = vmv1.VmSucceeded
+		r.guestStopped(vm, pod)
 	case runnerFailed:
 		st.Phase = vmv1.VmFailed
-		setCondition(vm, ConditionDegraded, metav1.ConditionTrue, fmt.Sprintf("runner pod %s failed before the guest ran", pod.Name))
+		setCondition(vm, ConditionDegraded, metav1.ConditionTrue, fmt.Sprintf("runner pod %s failed before the guest ran: %s", pod.Name, runnerExitSummary(pod)))
+		r.guestStopped(vm, pod)
 	}
 	return 0, nil
 }
+
+// guestStopped tells why the runner pod ended, from the runner's report on
+// QEMU's end: in an event (the whole report) and in the Available
+// condition (its first line).
+func (r *VMReconciler) guestStopped(vm *vmv1.VirtualMachine, pod *corev1.Pod) {
+	summary := runnerExitSummary(pod)
+	typ := corev1.EventTypeWarning
+	if strings.Contains(summary, "guest-shutdown") {
+		typ = corev1.EventTypeNormal
+	}
+	report := runnerExit(pod)
+	if report == "" {
+		report = summary
+	}
+	if len(report) > maxEventNote {
+		report = report[:maxEventNote-3] + "..."
+	}
+	r.event(vm, typ, "GuestStopped", "Observe", "runner pod %s: %s", pod.Name, report)
+	setCondition(vm, ConditionAvailable, metav1.ConditionFalse, "the guest stopped: "+summary)
+}
+
+// maxEventNote is the longest note an event may carry (events.k8s.io/v1
+// rejects longer ones), less room for the prefix.
+const maxEventNote = 900
 
 // running reads what QEMU and the runner say the guest has into the status
 // and, in Scaling, takes the next step towards the spec.
@@ -344,10 +370,12 @@ func (r *VMReconciler) running(ctx context.Context, vm *vmv1.VirtualMachine) (ti
 	switch runnerStatus(pod, r.now()) {
 	case runnerSucceeded:
 		st.Phase = vmv1.VmSucceeded
+		r.guestStopped(vm, pod)
 		return time.Millisecond, nil
 	case runnerFailed:
 		st.Phase = vmv1.VmFailed
-		setCondition(vm, ConditionDegraded, metav1.ConditionTrue, fmt.Sprintf("runner pod %s failed", pod.Name))
+		setCondition(vm, ConditionDegraded, metav1.ConditionTrue, fmt.Sprintf("runner pod %s failed: %s", pod.Name, runnerExitSummary(pod)))
+		r.guestStopped(vm, pod)
 		return time.Millisecond, nil
 	}
 	if err := r.syncPodMetadata(ctx, vm, pod); err != nil {
@@ -410,11 +438,15 @@ func (r *VMReconciler) stopped(ctx context.Context, vm *vmv1.VirtualMachine) (ti
 		r.event(vm, corev1.EventTypeNormal, "RunnerPodDeleted", "Delete", "runner pod %s deleted: the VM is %s", pod.Name, st.Phase)
 	}
 	st.PodName, st.PodIP, st.Node, st.CPUs, st.MemorySize = "", "", "", nil, nil
-	setCondition(vm, ConditionAvailable, metav1.ConditionFalse, "the guest is not running")
+	why := "the guest is not running"
+	if c := meta.FindStatusCondition(st.Conditions, ConditionAvailable); c != nil && c.Status == metav1.ConditionFalse && c.Message != "" {
+		why = c.Message // the guest stopped: <the runner's report>
+	}
+	setCondition(vm, ConditionAvailable, metav1.ConditionFalse, why)
 	if restarts(ptrOr(vm.Spec.RestartPolicy), st.Phase) {
 		st.Phase = vmv1.VmPending
 		st.RestartCount++
-		r.event(vm, corev1.EventTypeNormal, "Restarting", "Restart", "restart %d (restartPolicy %s)", st.RestartCount, vm.Spec.RestartPolicy)
+		r.event(vm, corev1.EventTypeNormal, "Restarting", "Restart", "restart %d (restartPolicy %s); %s", st.RestartCount, vm.Spec.RestartPolicy, why)
 		return time.Millisecond, nil
 	}
 	return 0, nil

@@ -1,6 +1,8 @@
 package controllers
 
 import (
+	"fmt"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -44,6 +46,41 @@ func runnerStatus(pod *corev1.Pod, now time.Time) runnerState {
 		}
 	}
 	return runnerPending
+}
+
+// runnerExit is how the runner container ended, as the kubelet reports it:
+// the runner's report on QEMU's end (its termination message: how QEMU
+// exited, the SHUTDOWN reason, the last QMP events and output), or else
+// the kubelet's reason and exit code; "" while it has not ended.
+func runnerExit(pod *corev1.Pod) string {
+	for _, c := range pod.Status.ContainerStatuses {
+		if c.Name != podspec.RunnerContainer {
+			continue
+		}
+		t := c.State.Terminated
+		if t == nil {
+			t = c.LastTerminationState.Terminated
+		}
+		if t == nil {
+			return ""
+		}
+		if msg := strings.TrimSpace(t.Message); msg != "" {
+			return msg
+		}
+		return fmt.Sprintf("the runner container ended: %s, exit code %d", t.Reason, t.ExitCode)
+	}
+	return ""
+}
+
+// runnerExitSummary is the first line of runnerExit, or what is known
+// without one.
+func runnerExitSummary(pod *corev1.Pod) string {
+	msg := runnerExit(pod)
+	if msg == "" {
+		return fmt.Sprintf("runner pod %s is %s with no report from the runner", pod.Name, pod.Status.Phase)
+	}
+	first, _, _ := strings.Cut(msg, "\n")
+	return first
 }
 
 // observed is what QEMU and the runner say the guest has.

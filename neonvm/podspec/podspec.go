@@ -257,6 +257,10 @@ func runnerContainer(vm *vmv1.VirtualMachine, s Settings, image string, args []s
 			InitialDelaySeconds: 5, PeriodSeconds: 5, FailureThreshold: 3,
 		},
 		SecurityContext: securityContext(s),
+		// The runner writes why QEMU stopped to /dev/termination-log (the
+		// default path); a runner that dies before it can leaves the end
+		// of its log instead.
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
 	if receiveMigration {
 		c.Env = append(c.Env, corev1.EnvVar{Name: runnerapi.EnvReceiveMigration, Value: "true"})

@@ -102,6 +102,9 @@ type Config struct {
 	QMPHost string
 	// QMPSigtermSocket is the unix QMP socket the runner powers off through.
 	QMPSigtermSocket string
+	// QMPEventsSocket is the unix QMP socket the runner reads QEMU's events
+	// from (why it stops); empty: none.
+	QMPEventsSocket string
 	// LogSocket is the virtio-serial log channel's unix socket; empty: none.
 	LogSocket string
 	// ExecSocket is the unix socket of the guest exec channel
@@ -226,6 +229,9 @@ func qmpArgs(vm *vmv1.VirtualMachine, cfg Config) []string {
 	a.add("-qmp", fmt.Sprintf("tcp:%s:%d,server,wait=off", host, port(vm.Spec.QMPManual, vmv1.DefaultQMPManualPort)))
 	if cfg.QMPSigtermSocket != "" {
 		a.add("-qmp", fmt.Sprintf("unix:%s,server,wait=off", cfg.QMPSigtermSocket))
+	}
+	if cfg.QMPEventsSocket != "" {
+		a.add("-qmp", fmt.Sprintf("unix:%s,server,wait=off", cfg.QMPEventsSocket))
 	}
 	return a
 }

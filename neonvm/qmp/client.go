@@ -50,6 +50,14 @@ func Dial(ctx context.Context, network, addr string) (*Client, error) {
 // helpers.
 func (c *Client) Monitor() goqmp.Monitor { return c.mon }
 
+// Events delivers the connection's QMP events as they arrive (buffered;
+// dropped while nobody reads), until Done is closed.
+func (c *Client) Events() <-chan goqmp.Event { return c.mon.events }
+
+// Done is closed when the connection ends: QEMU closed it (it exited) or
+// Close was called. Events read before then stay in Events.
+func (c *Client) Done() <-chan struct{} { return c.mon.done }
+
 // Close ends the connection.
 func (c *Client) Close() error {
 	c.mu.Lock()

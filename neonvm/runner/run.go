@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -69,12 +70,17 @@ type Config struct {
 	// 0.0.0.0:20187.
 	ReceiveMigration bool
 
+	// TerminationLog is where the report on QEMU's end is written for the
+	// kubelet (the container's terminationMessagePath); empty: nowhere.
+	TerminationLog string
+
 	Log *slog.Logger
 }
 
 // Sockets the runner creates in RunDir.
 const (
 	SigtermSocket = "qmp-sigterm.sock"
+	EventsSocket  = "qmp-events.sock"
 	ExecSocket    = "exec.sock"
 )
 
@@ -113,14 +119,32 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	vm, mode := guestVM(cfg)
 	qcfg := qemuConfig(cfg, vm, accel, root, disks, extraNIC, log)
-	q, err := startQEMU(cfg, vm, qcfg, log)
+	report := NewExitReport(16 << 10)
+	q, err := startQEMU(cfg, vm, qcfg, report.Output, log)
 	if err != nil {
 		return err
 	}
 	apiCtx, stopAPI := context.WithCancel(context.Background())
 	defer stopAPI()
+	go report.Watch(apiCtx, qcfg.QMPEventsSocket, log)
 	apiErr := serveAPI(apiCtx, cfg, mode, qcfg.QMPSigtermSocket, log)
-	return waitForExit(ctx, cfg, q, apiErr, qcfg.QMPSigtermSocket, log)
+	err = waitForExit(ctx, cfg, q, apiErr, qcfg.QMPSigtermSocket, log)
+	reportExit(cfg, report, q, err, log)
+	return err
+}
+
+// reportExit logs why QEMU stopped and leaves it as the container's
+// termination message.
+func reportExit(cfg Config, report *ExitReport, q *qemuProcess, err error, log *slog.Logger) {
+	msg := report.Message(q.cmd.ProcessState, err)
+	level := slog.LevelInfo
+	if r := report.Reason(); err != nil || (r != "guest-shutdown" && r != "host-qmp-quit") {
+		level = slog.LevelWarn
+	}
+	log.Log(context.Background(), level, "QEMU stopped", "report", msg)
+	if werr := WriteTerminationMessage(cfg.TerminationLog, msg); werr != nil {
+		log.Warn("the report on QEMU's end is only in this log", "err", werr)
+	}
 }
 
 // checkThisHost rejects a spec this host cannot run (CheckHost with the
@@ -199,8 +223,9 @@ func qemuConfig(cfg Config, vm *vmv1.VirtualMachine, accel qemu.Accel, root stri
 	}
 	qcfg := qemu.Config{
 		Accel: accel, QMPHost: cfg.QMPHost, QMPSigtermSocket: filepath.Join(cfg.RunDir, SigtermSocket),
-		ExecSocket: filepath.Join(cfg.RunDir, ExecSocket),
-		KernelPath: cfg.Kernel, InitrdPath: cfg.Initrd, RootDiskPath: root, Disks: disks,
+		QMPEventsSocket: filepath.Join(cfg.RunDir, EventsSocket),
+		ExecSocket:      filepath.Join(cfg.RunDir, ExecSocket),
+		KernelPath:      cfg.Kernel, InitrdPath: cfg.Initrd, RootDiskPath: root, Disks: disks,
 		MemhpAutoMovableRatio: cfg.MemhpAutoMovableRatio, UseVirtioConsole: cfg.UseVirtioConsole,
 		DiskCache: cfg.DiskCache, ExtraKernelArgs: extra, Hostname: "vm-" + cfg.PodName, RunAs: cfg.QEMUUser,
 		Network:  qemu.Network{TapName: cfg.TapName, Forwards: cfg.Forwards, VhostNet: cfg.TapName != "" && exists("/dev/vhost-net")},
@@ -231,7 +256,7 @@ func (q *qemuProcess) kill() {
 }
 
 // startQEMU builds QEMU's command line and starts it.
-func startQEMU(cfg Config, vm *vmv1.VirtualMachine, qcfg qemu.Config, log *slog.Logger) (*qemuProcess, error) {
+func startQEMU(cfg Config, vm *vmv1.VirtualMachine, qcfg qemu.Config, tail io.Writer, log *slog.Logger) (*qemuProcess, error) {
 	cmd, err := qemu.Build(vm, qcfg)
 	if err != nil {
 		return nil, fmt.Errorf("QEMU command line: %w", err)
@@ -241,7 +266,7 @@ func startQEMU(cfg Config, vm *vmv1.VirtualMachine, qcfg qemu.Config, log *slog.
 		qpath = cfg.QEMUPath
 	}
 	proc := exec.Command(qpath, cmd.Args...)
-	proc.Stdout, proc.Stderr = os.Stdout, os.Stderr
+	proc.Stdout, proc.Stderr = io.MultiWriter(os.Stdout, tail), io.MultiWriter(os.Stderr, tail)
 	proc.SysProcAttr = diesWithRunner()
 	if err := proc.Start(); err != nil {
 		return nil, fmt.Errorf("start QEMU: %w", err)

@@ -144,7 +144,8 @@ func (p *runnerProc) exec(command string) (string, error) {
 // ext4 disk and a tmpfs mounted where the spec says), the guest boots, the
 // runner API answers, and SIGTERM powers the guest off cleanly.
 func TestRunnerRunsTheGuest(t *testing.T) {
-	p := startRunner(t, testSpec())
+	termLog := terminationLog(t)
+	p := startRunner(t, testSpec(), "-termination-log", termLog)
 	p.waitReady(t, "runner /ready")
 	poll(t, bootTimeout, "Postgres in the guest", func() error {
 		_, err := p.exec("/usr/lib/postgresql/15/bin/pg_isready -q -h 127.0.0.1")
@@ -197,6 +198,36 @@ func TestRunnerRunsTheGuest(t *testing.T) {
 	if !strings.Contains(p.out.String(), "server stopped") {
 		t.Errorf("the guest did not stop Postgres cleanly before powering off")
 	}
+	// Why QEMU stopped, for the kubelet's termination message.
+	report := readReport(t, termLog)
+	for _, want := range []string{"QEMU exited with status 0: the guest powered off (SHUTDOWN reason guest-shutdown)", "last QMP events:", "POWERDOWN", "last output:"} {
+		if !strings.Contains(report, want) {
+			t.Errorf("termination message lacks %q:\n%s", want, report)
+		}
+	}
+}
+
+// terminationLog is an empty file standing for the kubelet's
+// /dev/termination-log.
+func terminationLog(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "termination-log")
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func readReport(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) == 0 || len(b) > 4096 {
+		t.Fatalf("termination message of %d bytes; want 1..4096 (the kubelet's limit)", len(b))
+	}
+	return string(b)
 }
 
 func TestRunnerRejectsBadSpecs(t *testing.T) {
@@ -274,7 +305,8 @@ func TestRunnerSysfsScaling(t *testing.T) {
 	daemonPort := testbin.FreePort(t)
 	spec := testSpec()
 	spec.Disks = nil
-	p := startRunner(t, spec, "-cpu-scaling-mode", "SysfsScaling",
+	termLog := terminationLog(t)
+	p := startRunner(t, spec, "-cpu-scaling-mode", "SysfsScaling", "-termination-log", termLog,
 		"-forward", fmt.Sprintf("127.0.0.1:%d=25183", daemonPort),
 		"-daemon-addr", fmt.Sprintf("127.0.0.1:%d", daemonPort))
 	p.waitReady(t, "runner /ready (QEMU and neonvm-daemon)")
@@ -297,5 +329,18 @@ func TestRunnerSysfsScaling(t *testing.T) {
 				t.Fatalf("cycle %d: /cpu_current = %s; want %s", cycle, body, step.current)
 			}
 		}
+	}
+
+	// The guest resets itself (as a kernel panic does with panic=-1):
+	// -no-reboot makes QEMU exit, and the runner says why.
+	_, _ = p.exec("echo 1 > /proc/sys/kernel/sysrq; echo b > /proc/sysrq-trigger")
+	select {
+	case <-p.exited:
+	case <-time.After(time.Minute):
+		t.Fatal("runner still running a minute after the guest reset")
+	}
+	report := readReport(t, termLog)
+	if !strings.Contains(report, "QEMU exited with status 0: the guest reset itself") || !strings.Contains(report, "guest-reset") {
+		t.Errorf("termination message after a guest reset:\n%s", report)
 	}
 }
