@@ -19,7 +19,7 @@ import (
 	"github.com/vmscale/vmscale/neonvm/qmp"
 )
 
-// Why QEMU stopped is always told (docs/neonvm.md, "When QEMU stops"): the
+// Why QEMU stopped is always told (docs/neonvm.md#when-qemu-stops): the
 // runner watches QEMU's QMP events on a socket of its own and keeps the last
 // lines QEMU and the guest console printed; when QEMU exits, one message
 // says how (exit status or signal), why (the SHUTDOWN event's reason), what
