@@ -782,3 +782,25 @@ func TestVMReconcilerExtraNetworkWithoutIPAM(t *testing.T) {
 		t.Errorf("condition = %+v, want False/%s", c, ReasonExtraNetIPAMDisabled)
 	}
 }
+
+// A long report keeps its first lines and the end of QEMU's output in an
+// event's note.
+func TestClipReport(t *testing.T) {
+	out := make([]string, 200)
+	for i := range out {
+		out[i] = fmt.Sprintf("[ %3d.0] console line", i)
+	}
+	out = append(out, "Kernel panic - not syncing: Attempted to kill init!")
+	report := "QEMU exited with status 0: the guest reset itself\nlast QMP events: RESET\nlast output:\n" + strings.Join(out, "\n")
+	got := clipReport(report, maxEventNote)
+	if len(got) > maxEventNote {
+		t.Errorf("clipped to %d bytes, want at most %d", len(got), maxEventNote)
+	}
+	if !strings.HasPrefix(got, "QEMU exited with status 0: the guest reset itself\nlast QMP events: RESET\nlast output:\n…\n") ||
+		!strings.HasSuffix(got, "\nKernel panic - not syncing: Attempted to kill init!") {
+		t.Errorf("clipped report:\n%s", got)
+	}
+	if short := "QEMU exited with status 0"; clipReport(short, maxEventNote) != short {
+		t.Error("a short report was changed")
+	}
+}

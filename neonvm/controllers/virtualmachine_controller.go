@@ -338,11 +338,31 @@ func (r *VMReconciler) guestStopped(vm *vmv1.VirtualMachine, pod *corev1.Pod) {
 	if report == "" {
 		report = summary
 	}
-	if len(report) > maxEventNote {
-		report = report[:maxEventNote-3] + "..."
-	}
+	report = clipReport(report, maxEventNote)
 	r.event(vm, typ, "GuestStopped", "Observe", "runner pod %s: %s", pod.Name, report)
 	setCondition(vm, ConditionAvailable, metav1.ConditionFalse, "the guest stopped: "+summary)
+}
+
+// clipReport fits the runner's report into max bytes: its first lines (how
+// and why QEMU ended, the last events) and the last lines of QEMU's output,
+// which tell the most (a panic's message is at the end).
+func clipReport(report string, max int) string {
+	if len(report) <= max {
+		return report
+	}
+	const sep = "\nlast output:\n"
+	head, output, _ := strings.Cut(report, sep)
+	if len(head) > max-len(sep)-64 {
+		head = head[:max-len(sep)-64] + "…"
+	}
+	budget := max - len(head) - len(sep) - len("…\n")
+	lines := strings.Split(output, "\n")
+	first, size := len(lines), 0
+	for first > 0 && size+len(lines[first-1])+1 <= budget {
+		first--
+		size += len(lines[first]) + 1
+	}
+	return head + sep + "…\n" + strings.Join(lines[first:], "\n")
 }
 
 // maxEventNote is the longest note an event may carry (events.k8s.io/v1

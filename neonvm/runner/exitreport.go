@@ -97,8 +97,15 @@ func (r *ExitReport) Watch(ctx context.Context, sock string, log *slog.Logger) {
 	}
 }
 
+// noiseEvents say nothing about why QEMU stopped and would crowd out the
+// events that do.
+var noiseEvents = map[string]bool{"NIC_RX_FILTER_CHANGED": true, "RTC_CHANGE": true}
+
 // Record notes one QMP event.
 func (r *ExitReport) Record(ev goqmp.Event) {
+	if noiseEvents[ev.Event] {
+		return
+	}
 	line := ev.Event
 	if len(ev.Data) > 0 {
 		if b, err := json.Marshal(ev.Data); err == nil {
