@@ -27,8 +27,8 @@ func TestLiveMigrationKeepsTheGuest(t *testing.T) {
 	sum := src.mustRun(t, "md5sum /dev/shm/before")
 	src.mustRun(t, "runuser -u postgres -- /usr/lib/postgresql/15/bin/pgbench -q -i -s 1 -h 127.0.0.1 -U postgres postgres >/dev/null 2>&1")
 	// Writers that keep going through the migration: memory and disk.
-	src.mustRun(t, "setsid sh -c 'while :; do dd if=/dev/urandom of=/dev/shm/churn bs=1M count=16 2>/dev/null; done' </dev/null >/dev/null 2>&1 &")
-	src.mustRun(t, "setsid runuser -u postgres -- /usr/lib/postgresql/15/bin/pgbench -T 600 -c 2 -h 127.0.0.1 -U postgres postgres </dev/null >/dev/null 2>&1 &")
+	src.mustRun(t, "setsid sh -c 'while :; do dd if=/dev/urandom of=/dev/shm/churn bs=1M count=8 2>/dev/null; sleep 0.5; done' </dev/null >/dev/null 2>&1 &")
+	src.mustRun(t, "setsid runuser -u postgres -- /usr/lib/postgresql/15/bin/pgbench -T 600 -c 1 -R 20 -h 127.0.0.1 -U postgres postgres </dev/null >/dev/null 2>&1 &")
 
 	port := testbin.FreePort(t)
 	dst := bootVMWith(t, cpus, slots, "tcp:127.0.0.1:"+strconv.Itoa(port))
