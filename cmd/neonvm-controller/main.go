@@ -32,6 +32,7 @@ type runConfig struct {
 	diskCopyCommand                string
 	disableRunnerCgroup, atMostOne bool
 	downtimeLimit                  time.Duration
+	liveMigrationUnderTCG          bool
 	ipamRange, ipamPool            string
 }
 
@@ -61,6 +62,7 @@ func main() {
 	flag.BoolVar(&cfg.settings.UseVirtioConsole, "use-virtio-console", false, "guest console on hvc0")
 	flag.DurationVar(&cfg.settings.DiskSyncInterval, "disk-sync-interval", 0, "how often runners re-sync watched disks (0: the runner's 30s)")
 	flag.DurationVar(&cfg.downtimeLimit, "migration-downtime-limit", controllers.DefaultDowntimeLimit, "QEMU downtime-limit of live migrations: the longest pause QEMU plans for the final copy")
+	flag.BoolVar(&cfg.liveMigrationUnderTCG, "live-migration-under-tcg", false, "migrate guests that run under TCG (no KVM) live, as under KVM; off: they are paused for the transfer (QEMU 7.2's live migration under TCG can leave the guest's memory stale: docs/design.md)")
 	flag.StringVar(&cfg.ipamRange, "ipam-range", "10.100.0.0/16", "IPv4 range (CIDR) of spec.extraNetwork addresses, for the IPPool when it is created (empty: no addresses; VMs run without their extra network)")
 	flag.StringVar(&cfg.ipamPool, "ipam-pool-name", "neonvm-system/neonvm-overlay-net", "namespace/name of the IPPool that records spec.extraNetwork addresses (created on demand)")
 	flag.StringVar(&cfg.settings.ExtraNetworkNAD, "extra-network-nad", podspec.DefaultExtraNetworkNAD, "Multus NetworkAttachmentDefinition (namespace/name) of spec.extraNetwork when a VM names none")

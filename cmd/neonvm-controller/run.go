@@ -207,6 +207,7 @@ func setupReconcilers(mgr ctrl.Manager, recorder events.EventRecorder, cfg runCo
 		Settings:                o.settings,
 		Metrics:                 m,
 		DowntimeLimit:           cfg.downtimeLimit,
+		LiveMigrationUnderTCG:   cfg.liveMigrationUnderTCG,
 		MaxConcurrentReconciles: cfg.concurrency,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the VirtualMachineMigration reconciler: %w", err)

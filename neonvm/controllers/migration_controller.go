@@ -48,7 +48,11 @@ type MigrationReconciler struct {
 	Settings  podspec.Settings
 	Metrics   *Metrics
 	// DowntimeLimit is QEMU's downtime-limit (DefaultDowntimeLimit when 0).
-	DowntimeLimit           time.Duration
+	DowntimeLimit time.Duration
+	// LiveMigrationUnderTCG migrates a guest QEMU runs under TCG live, as
+	// under KVM; off, such a guest is paused for the transfer
+	// (docs/design.md, Migration under TCG).
+	LiveMigrationUnderTCG   bool
 	MaxConcurrentReconciles int
 	EventFilter             predicate.Predicate
 	Now                     func() time.Time
@@ -217,6 +221,9 @@ func (r *MigrationReconciler) pending(ctx context.Context, m *vmv1.VirtualMachin
 	st.TargetPodIP, st.TargetNode = target.Status.PodIP, target.Spec.NodeName
 	if err := r.configureAndMigrate(ctx, m, vm); err != nil {
 		r.event(m, corev1.EventTypeWarning, "QMPFailed", "start the migration: %v", err)
+		if err := r.resumeIfPaused(ctx, vm, m.Status.SourcePodIP); err != nil {
+			r.event(m, corev1.EventTypeWarning, "QMPFailed", "resume the guest on the source: %v", err)
+		}
 		r.failAndRestore(ctx, m, vm, "StartFailed", err.Error())
 		return 0, nil
 	}
@@ -260,6 +267,19 @@ func (r *MigrationReconciler) configureAndMigrate(ctx context.Context, m *vmv1.V
 	}
 	uri := "tcp:" + net.JoinHostPort(m.Status.TargetPodIP, strconv.Itoa(int(vmv1.MigrationPort)))
 	return r.qmp(ctx, vm, m.Status.SourcePodIP, func(c *timedQMP) error {
+		kvm, err := timed(c, "query-kvm", func() (bool, error) { return c.c.QueryKVM(ctx) })
+		if err != nil {
+			return err
+		}
+		if !kvm && !r.LiveMigrationUnderTCG {
+			// Stop-and-copy (docs/design.md, Migration under TCG): the
+			// guest is paused for the whole transfer; the target is
+			// resumed once it has everything (resumeAfterStopAndCopy).
+			if _, err := timed(c, "stop", func() (struct{}, error) { return struct{}{}, c.c.Stop(ctx) }); err != nil {
+				return err
+			}
+			r.event(m, corev1.EventTypeNormal, "StopAndCopy", "the source runs under TCG: the guest is paused for the transfer")
+		}
 		if _, err := timed(c, "migrate", func() (struct{}, error) {
 			return struct{}{}, c.c.MigrateWithDisks(ctx, uri, ptr.Deref(m.Spec.Incremental, true))
 		}); err != nil {
@@ -292,6 +312,9 @@ func (r *MigrationReconciler) running(ctx context.Context, m *vmv1.VirtualMachin
 	}
 	if target == nil || runnerStatus(target, r.now()) == runnerFailed || runnerStatus(target, r.now()) == runnerSucceeded {
 		_ = r.qmp(ctx, vm, st.SourcePodIP, func(c *timedQMP) error { return c.c.MigrateCancel(ctx) })
+		if err := r.resumeIfPaused(ctx, vm, st.SourcePodIP); err != nil {
+			r.event(m, corev1.EventTypeWarning, "QMPFailed", "resume the guest on the source: %v", err)
+		}
 		why := "it is gone"
 		if target != nil {
 			why = runnerExitSummary(target)
@@ -312,13 +335,35 @@ func (r *MigrationReconciler) running(ctx context.Context, m *vmv1.VirtualMachin
 	copyInfo(&st.Info, info)
 	switch info.Status {
 	case "completed":
+		if err := r.resumeIfPaused(ctx, vm, st.TargetPodIP); err != nil {
+			r.event(m, corev1.EventTypeWarning, "QMPFailed", "resume the guest on the target: %v", err)
+			return 2 * time.Second, nil
+		}
 		return 0, r.succeed(ctx, m, vm, &info)
 	case "failed", "cancelled":
 		_ = r.qmp(ctx, vm, st.TargetPodIP, func(c *timedQMP) error { return c.c.Quit(ctx) })
+		if err := r.resumeIfPaused(ctx, vm, st.SourcePodIP); err != nil {
+			r.event(m, corev1.EventTypeWarning, "QMPFailed", "resume the guest on the source: %v", err)
+		}
 		r.failAndRestore(ctx, m, vm, "MigrationFailed", fmt.Sprintf("QEMU reports the migration %s: %s", info.Status, info.ErrorDesc))
 		return 0, nil
 	}
 	return time.Second, nil
+}
+
+// resumeIfPaused resumes the guest of the QEMU at ip when it is paused:
+// the target after a stop-and-copy migration (it keeps the source's paused
+// state), or the source after one that failed or was cancelled. A guest
+// that runs, or a QEMU in any other state, is left alone.
+func (r *MigrationReconciler) resumeIfPaused(ctx context.Context, vm *vmv1.VirtualMachine, ip string) error {
+	return r.qmp(ctx, vm, ip, func(c *timedQMP) error {
+		st, err := timed(c, "query-status", func() (qmp.Status, error) { return c.c.QueryStatus(ctx) })
+		if err != nil || st.Status != "paused" {
+			return err
+		}
+		_, err = timed(c, "cont", func() (struct{}, error) { return struct{}{}, c.c.Cont(ctx) })
+		return err
+	})
 }
 
 // succeed points the VM at the target pod, hands that pod to the VM, stops
@@ -401,6 +446,9 @@ func (r *MigrationReconciler) reconcileDelete(ctx context.Context, m *vmv1.Virtu
 			if m.Status.Phase == vmv1.VmmRunning {
 				if err := r.qmp(ctx, &vm, m.Status.SourcePodIP, func(c *timedQMP) error { return c.c.MigrateCancel(ctx) }); err != nil {
 					r.event(m, corev1.EventTypeWarning, "QMPFailed", "migrate_cancel on the source: %v", err)
+				}
+				if err := r.resumeIfPaused(ctx, &vm, m.Status.SourcePodIP); err != nil {
+					r.event(m, corev1.EventTypeWarning, "QMPFailed", "resume the guest on the source: %v", err)
 				}
 			}
 			if err := r.restoreVM(ctx, m, &vm); err != nil {

@@ -171,6 +171,25 @@ func (c *Client) QueryStatus(ctx context.Context) (Status, error) {
 	return out, err
 }
 
+// QueryKVM reports whether QEMU runs the guest with KVM (false: TCG).
+func (c *Client) QueryKVM(ctx context.Context) (bool, error) {
+	var out struct {
+		Enabled bool `json:"enabled"`
+	}
+	err := c.Execute(ctx, "query-kvm", nil, &out)
+	return out.Enabled, err
+}
+
+// Stop pauses the guest's vCPUs.
+func (c *Client) Stop(ctx context.Context) error {
+	return c.Execute(ctx, "stop", nil, nil)
+}
+
+// Cont resumes a paused guest.
+func (c *Client) Cont(ctx context.Context) error {
+	return c.Execute(ctx, "cont", nil, nil)
+}
+
 // SystemPowerdown presses the guest's ACPI power button.
 func (c *Client) SystemPowerdown(ctx context.Context) error {
 	return c.Execute(ctx, "system_powerdown", nil, nil)
