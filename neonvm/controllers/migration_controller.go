@@ -51,7 +51,7 @@ type MigrationReconciler struct {
 	DowntimeLimit time.Duration
 	// LiveMigrationUnderTCG migrates a guest QEMU runs under TCG live, as
 	// under KVM; off, such a guest is paused for the transfer
-	// (docs/design.md, Migration under TCG).
+	// (docs/design.md#where-vmscale-differs-and-why).
 	LiveMigrationUnderTCG   bool
 	MaxConcurrentReconciles int
 	EventFilter             predicate.Predicate
@@ -272,7 +272,7 @@ func (r *MigrationReconciler) configureAndMigrate(ctx context.Context, m *vmv1.V
 			return err
 		}
 		if !kvm && !r.LiveMigrationUnderTCG {
-			// Stop-and-copy (docs/design.md, Migration under TCG): the
+			// Stop-and-copy (docs/design.md#where-vmscale-differs-and-why): the
 			// guest is paused for the whole transfer; the target is
 			// resumed once it has everything (resumeAfterStopAndCopy).
 			if _, err := timed(c, "stop", func() (struct{}, error) { return struct{}{}, c.c.Stop(ctx) }); err != nil {
@@ -348,8 +348,13 @@ func (r *MigrationReconciler) running(ctx context.Context, m *vmv1.VirtualMachin
 		r.failAndRestore(ctx, m, vm, "MigrationFailed", fmt.Sprintf("QEMU reports the migration %s: %s", info.Status, info.ErrorDesc))
 		return 0, nil
 	}
-	return time.Second, nil
+	return migrationPoll, nil
 }
+
+// migrationPoll is how often a running migration's query-migrate is read:
+// a stop-and-copy migration's guest stays paused until the controller sees
+// the transfer completed and resumes it on the target.
+const migrationPoll = 250 * time.Millisecond
 
 // resumeIfPaused resumes the guest of the QEMU at ip when it is paused:
 // the target after a stop-and-copy migration (it keeps the source's paused
