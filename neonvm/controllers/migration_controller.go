@@ -335,7 +335,12 @@ func (r *MigrationReconciler) running(ctx context.Context, m *vmv1.VirtualMachin
 	copyInfo(&st.Info, info)
 	switch info.Status {
 	case "completed":
-		if err := r.resumeIfPaused(ctx, vm, st.TargetPodIP); err != nil {
+		// The source has sent everything; the target may still be loading
+		// it ("inmigrate"). Only then is a stop-and-copy guest "paused"
+		// there, to be resumed.
+		if err := r.resumeIfPaused(ctx, vm, st.TargetPodIP); errors.Is(err, errStillIncoming) {
+			return migrationPoll, nil
+		} else if err != nil {
 			r.event(m, corev1.EventTypeWarning, "QMPFailed", "resume the guest on the target: %v", err)
 			return 2 * time.Second, nil
 		}
@@ -356,6 +361,9 @@ func (r *MigrationReconciler) running(ctx context.Context, m *vmv1.VirtualMachin
 // the transfer completed and resumes it on the target.
 const migrationPoll = 250 * time.Millisecond
 
+// errStillIncoming: the target QEMU is still loading the migration.
+var errStillIncoming = errors.New("the target is still loading the migration")
+
 // resumeIfPaused resumes the guest of the QEMU at ip when it is paused:
 // the target after a stop-and-copy migration (it keeps the source's paused
 // state), or the source after one that failed or was cancelled. A guest
@@ -363,6 +371,9 @@ const migrationPoll = 250 * time.Millisecond
 func (r *MigrationReconciler) resumeIfPaused(ctx context.Context, vm *vmv1.VirtualMachine, ip string) error {
 	return r.qmp(ctx, vm, ip, func(c *timedQMP) error {
 		st, err := timed(c, "query-status", func() (qmp.Status, error) { return c.c.QueryStatus(ctx) })
+		if err == nil && st.Status == "inmigrate" {
+			return errStillIncoming
+		}
 		if err != nil || st.Status != "paused" {
 			return err
 		}
