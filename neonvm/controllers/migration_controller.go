@@ -221,9 +221,6 @@ func (r *MigrationReconciler) pending(ctx context.Context, m *vmv1.VirtualMachin
 	st.TargetPodIP, st.TargetNode = target.Status.PodIP, target.Spec.NodeName
 	if err := r.configureAndMigrate(ctx, m, vm); err != nil {
 		r.event(m, corev1.EventTypeWarning, "QMPFailed", "start the migration: %v", err)
-		if err := r.resumeIfPaused(ctx, vm, m.Status.SourcePodIP); err != nil {
-			r.event(m, corev1.EventTypeWarning, "QMPFailed", "resume the guest on the source: %v", err)
-		}
 		r.failAndRestore(ctx, m, vm, "StartFailed", err.Error())
 		return 0, nil
 	}
@@ -274,7 +271,7 @@ func (r *MigrationReconciler) configureAndMigrate(ctx context.Context, m *vmv1.V
 		if !kvm && !r.LiveMigrationUnderTCG {
 			// Stop-and-copy (docs/design.md#where-vmscale-differs-and-why): the
 			// guest is paused for the whole transfer; the target is
-			// resumed once it has everything (resumeAfterStopAndCopy).
+			// resumed once it has everything (resumeIfPaused).
 			if _, err := timed(c, "stop", func() (struct{}, error) { return struct{}{}, c.c.Stop(ctx) }); err != nil {
 				return err
 			}
@@ -312,9 +309,6 @@ func (r *MigrationReconciler) running(ctx context.Context, m *vmv1.VirtualMachin
 	}
 	if target == nil || runnerStatus(target, r.now()) == runnerFailed || runnerStatus(target, r.now()) == runnerSucceeded {
 		_ = r.qmp(ctx, vm, st.SourcePodIP, func(c *timedQMP) error { return c.c.MigrateCancel(ctx) })
-		if err := r.resumeIfPaused(ctx, vm, st.SourcePodIP); err != nil {
-			r.event(m, corev1.EventTypeWarning, "QMPFailed", "resume the guest on the source: %v", err)
-		}
 		why := "it is gone"
 		if target != nil {
 			why = runnerExitSummary(target)
@@ -347,9 +341,6 @@ func (r *MigrationReconciler) running(ctx context.Context, m *vmv1.VirtualMachin
 		return 0, r.succeed(ctx, m, vm, &info)
 	case "failed", "cancelled":
 		_ = r.qmp(ctx, vm, st.TargetPodIP, func(c *timedQMP) error { return c.c.Quit(ctx) })
-		if err := r.resumeIfPaused(ctx, vm, st.SourcePodIP); err != nil {
-			r.event(m, corev1.EventTypeWarning, "QMPFailed", "resume the guest on the source: %v", err)
-		}
 		r.failAndRestore(ctx, m, vm, "MigrationFailed", fmt.Sprintf("QEMU reports the migration %s: %s", info.Status, info.ErrorDesc))
 		return 0, nil
 	}
@@ -440,6 +431,13 @@ func (r *MigrationReconciler) restoreVM(ctx context.Context, m *vmv1.VirtualMach
 	if vm.Status.PodName != m.Status.SourcePodName {
 		return nil
 	}
+	// A stop-and-copy migration that got as far as pausing the source's
+	// guest leaves it paused; resumeIfPaused leaves a running one alone.
+	if ip := m.Status.SourcePodIP; ip != "" {
+		if err := r.resumeIfPaused(ctx, vm, ip); err != nil {
+			r.event(m, corev1.EventTypeWarning, "QMPFailed", "resume the guest on the source: %v", err)
+		}
+	}
 	if vm.Status.Phase == vmv1.VmPreMigrating || vm.Status.Phase == vmv1.VmMigrating {
 		vm.Status.Phase = vmv1.VmRunning
 		if err := r.Status().Update(ctx, vm); err != nil {
@@ -462,9 +460,6 @@ func (r *MigrationReconciler) reconcileDelete(ctx context.Context, m *vmv1.Virtu
 			if m.Status.Phase == vmv1.VmmRunning {
 				if err := r.qmp(ctx, &vm, m.Status.SourcePodIP, func(c *timedQMP) error { return c.c.MigrateCancel(ctx) }); err != nil {
 					r.event(m, corev1.EventTypeWarning, "QMPFailed", "migrate_cancel on the source: %v", err)
-				}
-				if err := r.resumeIfPaused(ctx, &vm, m.Status.SourcePodIP); err != nil {
-					r.event(m, corev1.EventTypeWarning, "QMPFailed", "resume the guest on the source: %v", err)
 				}
 			}
 			if err := r.restoreVM(ctx, m, &vm); err != nil {

@@ -31,6 +31,7 @@ import (
 
 	vmv1 "github.com/vmscale/vmscale/api/v1"
 	"github.com/vmscale/vmscale/neonvm/podspec"
+	"github.com/vmscale/vmscale/neonvm/runnerapi"
 )
 
 // +kubebuilder:rbac:groups=vm.neon.tech,resources=virtualmachines,verbs=get;list;watch;update;patch
@@ -350,19 +351,13 @@ func clipReport(report string, max int) string {
 	if len(report) <= max {
 		return report
 	}
-	const sep = "\nlast output:\n"
+	const sep = runnerapi.ReportOutputSep
 	head, output, _ := strings.Cut(report, sep)
 	if len(head) > max-len(sep)-64 {
 		head = head[:max-len(sep)-64] + "…"
 	}
 	budget := max - len(head) - len(sep) - len("…\n")
-	lines := strings.Split(output, "\n")
-	first, size := len(lines), 0
-	for first > 0 && size+len(lines[first-1])+1 <= budget {
-		first--
-		size += len(lines[first]) + 1
-	}
-	return head + sep + "…\n" + strings.Join(lines[first:], "\n")
+	return head + sep + "…\n" + runnerapi.LastLines(strings.Split(output, "\n"), budget)
 }
 
 // maxEventNote is the longest note an event may carry (events.k8s.io/v1

@@ -17,6 +17,7 @@ import (
 	goqmp "github.com/digitalocean/go-qemu/qmp"
 
 	"github.com/vmscale/vmscale/neonvm/qmp"
+	"github.com/vmscale/vmscale/neonvm/runnerapi"
 )
 
 // Why QEMU stopped is always told (docs/neonvm.md#when-qemu-stops): the
@@ -153,9 +154,9 @@ func (r *ExitReport) Message(state *os.ProcessState, waitErr error) string {
 		fmt.Fprintf(&b, "\nlast QMP events: %s", strings.Join(events, "; "))
 	}
 	head := b.String()
-	tail := r.Output.Lines(terminationMessageMax - len(head) - len("\nlast output:\n"))
+	tail := r.Output.Lines(terminationMessageMax - len(head) - len(runnerapi.ReportOutputSep))
 	if tail != "" {
-		head += "\nlast output:\n" + tail
+		head += runnerapi.ReportOutputSep + tail
 	}
 	return head
 }
@@ -228,7 +229,10 @@ func ShutdownCause(reason string) string {
 	return "SHUTDOWN reason " + reason
 }
 
-// TailWriter keeps the last bytes written to it.
+// TailWriter keeps the last bytes written to it. It lets its buffer grow
+// to twice what it keeps before it drops the oldest bytes, so each write
+// (every line of the guest console) costs its own size, not a move of the
+// whole tail.
 type TailWriter struct {
 	mu  sync.Mutex
 	max int
@@ -242,17 +246,18 @@ func (t *TailWriter) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.buf = append(t.buf, p...)
-	if over := len(t.buf) - t.max; over > 0 {
-		t.buf = append(t.buf[:0], t.buf[over:]...)
+	if len(t.buf) > 2*t.max {
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
 	}
 	return len(p), nil
 }
 
-// Lines is the kept output's last whole lines within max bytes, carriage
+// Lines is the kept output's last whole lines within limit bytes, carriage
 // returns and empty lines dropped.
-func (t *TailWriter) Lines(max int) string {
+func (t *TailWriter) Lines(limit int) string {
 	t.mu.Lock()
-	data := bytes.ReplaceAll(t.buf, []byte("\r"), nil)
+	data := t.buf[max(0, len(t.buf)-t.max):]
+	data = bytes.ReplaceAll(data, []byte("\r"), nil) // a copy
 	t.mu.Unlock()
 	var lines []string
 	for _, l := range strings.Split(string(data), "\n") {
@@ -260,10 +265,5 @@ func (t *TailWriter) Lines(max int) string {
 			lines = append(lines, l)
 		}
 	}
-	size, first := 0, len(lines)
-	for first > 0 && size+len(lines[first-1])+1 <= max {
-		first--
-		size += len(lines[first]) + 1
-	}
-	return strings.Join(lines[first:], "\n")
+	return runnerapi.LastLines(lines, limit)
 }
